@@ -1,0 +1,43 @@
+use std::borrow::Cow;
+
+/// A boxed error from a lower layer (a transport, a cache backend).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Errors of the core types and of cache backends.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A token value that cannot be sent in an HTTP header (empty, whitespace, control bytes, non-ASCII).
+    #[error("invalid access token: {0}")]
+    InvalidToken(&'static str),
+    /// A cache backend failed; callers treat this as a miss.
+    #[error("token cache error: {message}")]
+    Cache {
+        /// What the backend was doing.
+        message: Cow<'static, str>,
+        /// The backend's own error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// A cache backend did not answer in time; callers treat this as a miss.
+    #[error("token cache timed out after {0:?}")]
+    CacheTimeout(std::time::Duration),
+}
+
+impl Error {
+    /// A cache error with a message and no source.
+    pub fn cache(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::Cache {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A cache error with a message and the backend's error as its source.
+    pub fn cache_with(message: impl Into<Cow<'static, str>>, source: impl Into<BoxError>) -> Self {
+        Error::Cache {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+}
