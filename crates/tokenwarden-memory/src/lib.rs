@@ -1,1 +1,9 @@
-//! TODO
+#![doc = include_str!("../README.md")]
+#![deny(unsafe_code, unreachable_pub)]
+#![warn(missing_docs)]
+
+mod cache;
+mod entries;
+mod leases;
+
+pub use cache::MemoryTokenCache;
