@@ -51,6 +51,15 @@ impl TokenParams {
         self
     }
 
+    /// The same parameters without [`force_renewal`](Self::force_renewal): what a renewal of the
+    /// token they produced asks for.
+    pub fn without_force_renewal(&self) -> Self {
+        TokenParams {
+            force_renewal: false,
+            ..self.clone()
+        }
+    }
+
     /// Whether the caches must be skipped.
     pub fn is_force_renewal(&self) -> bool {
         self.force_renewal

@@ -1,1 +1,34 @@
-//! TODO
+#![doc = include_str!("../../../README.md")]
+#![deny(unsafe_code, unreachable_pub)]
+#![warn(missing_docs)]
+
+mod error;
+pub mod layer;
+mod manager;
+
+pub use error::Error;
+pub use layer::{AccessTokenLayer, AccessTokenLayerBuilder, AccessTokenService};
+pub use manager::{Metrics, RetryPolicy, TokenManager, TokenManagerBuilder};
+
+pub use tokenwarden_core::{
+    AccessToken, CacheKey, CachedToken, Clock, Lease, ManualClock, Secret, SystemClock, TokenCache, TokenParams,
+    TokenType,
+};
+pub use tokenwarden_memory::MemoryTokenCache;
+pub use tokenwarden_oauth::{ClientAuth, ClientCredentials, OAuthClient};
+
+/// The crates tokenwarden is made of, for what the facade does not re-export.
+pub mod core {
+    pub use tokenwarden_core::*;
+}
+
+/// The OAuth 2.0 protocol client.
+pub mod oauth {
+    pub use tokenwarden_oauth::*;
+}
+
+/// The Redis token cache shared by replicas.
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use tokenwarden_redis::*;
+}

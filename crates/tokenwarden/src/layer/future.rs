@@ -1,0 +1,312 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+use http_body_util::combinators::Collect;
+use pin_project_lite::pin_project;
+use tokenwarden_core::{BoxError, TokenParams};
+use tower_service::Service;
+
+use super::service::{
+    Captured, HeaderFuture, Shared, acquire_header, invalidate_rejected, renew_after_rejection,
+    with_authorization,
+};
+
+pin_project! {
+    /// The response future of [`AccessTokenService`](super::AccessTokenService): a small state
+    /// machine that buffers a replayable body, waits for a token when none is cached, sends, and
+    /// after a 401 renews the token and replays once.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+        B: Body,
+    {
+        #[pin]
+        state: State<S, B>,
+        shared: Option<Arc<Shared>>,
+        // A (not yet ready) service to replay with, present while a replay is still possible.
+        replay_service: Option<S>,
+        // The request as it was before the token was added; present once the body is buffered.
+        captured: Option<Captured>,
+        // The `Authorization` value that was sent, to invalidate exactly that token on a 401.
+        sent: Option<HeaderValue>,
+        params: Option<TokenParams>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+        B: Body,
+    {
+        // Buffering the body so the request can be replayed.
+        Collecting {
+            #[pin]
+            collect: Collect<B>,
+            parts: Option<http::request::Parts>,
+            ready: Option<S>,
+            header: Option<HeaderValue>,
+        },
+        // No token was cached: getting one before the first send.
+        AwaitingToken {
+            token: HeaderFuture,
+            request: Option<Request<B>>,
+            ready: Option<S>,
+        },
+        Sending {
+            #[pin]
+            future: S::Future,
+        },
+        // A 401 came back: getting a new token for the replay.
+        Renewing {
+            token: HeaderFuture,
+            response: Option<S::Response>,
+        },
+        // A 401 came back to a request that cannot be replayed: invalidating, then returning it.
+        Invalidating {
+            invalidate: Pin<Box<dyn Future<Output = ()> + Send>>,
+            response: Option<S::Response>,
+        },
+        ReplayReady {
+            request: Option<Request<B>>,
+        },
+        Replaying {
+            #[pin]
+            future: S::Future,
+        },
+        // Requests the layer does not touch.
+        Passthrough {
+            #[pin]
+            future: S::Future,
+        },
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    B: Body,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("replayable", &self.replay_service.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    B: Body,
+{
+    pub(crate) fn passthrough(future: S::Future) -> Self {
+        ResponseFuture {
+            state: State::Passthrough { future },
+            shared: None,
+            replay_service: None,
+            captured: None,
+            sent: None,
+            params: None,
+        }
+    }
+
+    pub(crate) fn sending(
+        future: S::Future,
+        shared: Arc<Shared>,
+        replay: Option<(S, Captured)>,
+        sent: HeaderValue,
+        params: Option<TokenParams>,
+    ) -> Self {
+        let (replay_service, captured) = replay.unzip();
+        ResponseFuture {
+            state: State::Sending { future },
+            shared: Some(shared),
+            replay_service,
+            captured,
+            sent: Some(sent),
+            params,
+        }
+    }
+
+    pub(crate) fn awaiting_token(
+        request: Request<B>,
+        ready: S,
+        shared: Arc<Shared>,
+        replay: Option<(S, Captured)>,
+        token: HeaderFuture,
+        params: Option<TokenParams>,
+    ) -> Self {
+        let (replay_service, captured) = replay.unzip();
+        ResponseFuture {
+            state: State::AwaitingToken {
+                token,
+                request: Some(request),
+                ready: Some(ready),
+            },
+            shared: Some(shared),
+            replay_service,
+            captured,
+            sent: None,
+            params,
+        }
+    }
+
+    pub(crate) fn collecting(
+        request: Request<B>,
+        ready: S,
+        replay_service: S,
+        shared: Arc<Shared>,
+        header: Option<HeaderValue>,
+        params: Option<TokenParams>,
+    ) -> Self {
+        let (parts, body) = request.into_parts();
+        ResponseFuture {
+            state: State::Collecting {
+                collect: body.collect(),
+                parts: Some(parts),
+                ready: Some(ready),
+                header,
+            },
+            shared: Some(shared),
+            replay_service: Some(replay_service),
+            captured: None,
+            sent: None,
+            params,
+        }
+    }
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    B: Body + From<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Collecting {
+                    collect,
+                    parts,
+                    ready,
+                    header,
+                } => {
+                    let body = ready!(collect.poll(cx)).map_err(Into::into)?.to_bytes();
+                    let (Some(parts), Some(mut service)) = (parts.take(), ready.take()) else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    *this.captured = Some(Captured::new(&parts, body.clone()));
+                    let request = Request::from_parts(parts, B::from(body));
+                    match header.take() {
+                        Some(header) => {
+                            let request = with_authorization(request, header.clone());
+                            *this.sent = Some(header);
+                            let future = service.call(request);
+                            this.state.set(State::Sending { future });
+                        }
+                        None => {
+                            let Some(shared) = this.shared.clone() else {
+                                return Poll::Ready(Err(polled_after_completion()));
+                            };
+                            let token = acquire_header(shared, this.params.clone());
+                            this.state.set(State::AwaitingToken {
+                                token,
+                                request: Some(request),
+                                ready: Some(service),
+                            });
+                        }
+                    }
+                }
+                StateProj::AwaitingToken { token, request, ready } => {
+                    let header = ready!(token.as_mut().poll(cx))?;
+                    let (Some(request), Some(mut service)) = (request.take(), ready.take()) else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    let request = with_authorization(request, header.clone());
+                    *this.sent = Some(header);
+                    let future = service.call(request);
+                    this.state.set(State::Sending { future });
+                }
+                StateProj::Sending { future } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if response.status() != StatusCode::UNAUTHORIZED {
+                        return Poll::Ready(Ok(response));
+                    }
+                    let (Some(shared), Some(sent)) = (this.shared.clone(), this.sent.clone()) else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    if this.replay_service.is_some() && this.captured.is_some() {
+                        let token = renew_after_rejection(shared, this.params.clone(), sent);
+                        this.state.set(State::Renewing {
+                            token,
+                            response: Some(response),
+                        });
+                    } else {
+                        let invalidate = invalidate_rejected(shared, this.params.clone(), sent);
+                        this.state.set(State::Invalidating {
+                            invalidate,
+                            response: Some(response),
+                        });
+                    }
+                }
+                StateProj::Renewing { token, response } => {
+                    let result = ready!(token.as_mut().poll(cx));
+                    match (result, this.captured.take()) {
+                        (Ok(header), Some(captured)) => {
+                            if let Some(shared) = this.shared.as_ref() {
+                                shared.manager.count_replay();
+                            }
+                            this.state.set(State::ReplayReady {
+                                request: Some(captured.into_request(header)),
+                            });
+                        }
+                        (Err(error), _) => {
+                            tracing::warn!(%error, "no new token after a 401; returning the 401");
+                            return Poll::Ready(response.take().ok_or_else(polled_after_completion));
+                        }
+                        (Ok(_), None) => {
+                            return Poll::Ready(response.take().ok_or_else(polled_after_completion));
+                        }
+                    }
+                }
+                StateProj::Invalidating { invalidate, response } => {
+                    ready!(invalidate.as_mut().poll(cx));
+                    return Poll::Ready(response.take().ok_or_else(polled_after_completion));
+                }
+                StateProj::ReplayReady { request } => {
+                    // The replay service is a clone that was never polled: make it ready first.
+                    let Some(service) = this.replay_service.as_mut() else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    ready!(service.poll_ready(cx)).map_err(Into::into)?;
+                    let Some(request) = request.take() else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    let future = service.call(request);
+                    *this.replay_service = None;
+                    this.state.set(State::Replaying { future });
+                }
+                StateProj::Replaying { future } | StateProj::Passthrough { future } => {
+                    // A second 401 goes back to the caller as it is.
+                    return future.poll(cx).map_err(Into::into);
+                }
+            }
+        }
+    }
+}
+
+fn polled_after_completion() -> BoxError {
+    "tokenwarden response future polled after completion".into()
+}

@@ -1,0 +1,98 @@
+use http::Uri;
+
+use crate::Error;
+
+/// Where tokens may be sent: a list of exact origins (scheme, host, port), or anywhere.
+#[derive(Clone, Debug)]
+pub(crate) enum Origins {
+    Any,
+    List(Vec<Origin>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Origin {
+    https: bool,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// Parses `https://host[:port]` (a trailing `/` is allowed; a path, query or user info is not).
+    pub(crate) fn parse(text: &str) -> Result<Origin, Error> {
+        let bad = |why: &str| Error::Config(format!("invalid origin `{text}`: {why}"));
+        let uri: Uri = text.parse().map_err(|_| bad("not a URI"))?;
+        let https = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("https") => true,
+            Some(s) if s.eq_ignore_ascii_case("http") => false,
+            _ => return Err(bad("the scheme must be http or https")),
+        };
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad("user info is not allowed"));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(bad("an origin has no path or query"));
+        }
+        Ok(Origin {
+            https,
+            host: authority.host().to_ascii_lowercase(),
+            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
+        })
+    }
+
+    fn matches(&self, uri: &Uri) -> bool {
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            Some(s) if s.eq_ignore_ascii_case("https") => true,
+            Some(s) if s.eq_ignore_ascii_case("http") => false,
+            _ => return false,
+        };
+        let Some(host) = uri.host() else {
+            return false;
+        };
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        https == self.https && port == self.port && host.eq_ignore_ascii_case(&self.host)
+    }
+}
+
+impl Origins {
+    /// Whether a token may be attached to a request for `uri`. A URI without scheme and host (a
+    /// path only) never matches a list: where it goes is not known here.
+    pub(crate) fn allows(&self, uri: &Uri) -> bool {
+        match self {
+            Origins::Any => true,
+            Origins::List(list) => list.iter().any(|o| o.matches(uri)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allows(origins: &[&str], uri: &str) -> bool {
+        let list = origins.iter().map(|o| Origin::parse(o).unwrap()).collect();
+        Origins::List(list).allows(&uri.parse().unwrap())
+    }
+
+    #[test]
+    fn exact_origin_matching() {
+        let api = ["https://api.example.com"];
+        assert!(allows(&api, "https://api.example.com/v1/x?y=1"));
+        assert!(allows(&api, "https://API.example.com:443/"));
+        assert!(!allows(&api, "http://api.example.com/"), "scheme differs");
+        assert!(!allows(&api, "https://api.example.com:8443/"), "port differs");
+        assert!(!allows(&api, "https://api.example.com.evil.net/"), "suffix attack");
+        assert!(!allows(&api, "https://evil.net/api.example.com"));
+        assert!(!allows(&api, "/relative/path"));
+        assert!(allows(&["http://127.0.0.1:8080/"], "http://127.0.0.1:8080/x"));
+    }
+
+    #[test]
+    fn rejects_origins_that_are_not_origins() {
+        for bad in ["api.example.com", "ftp://x", "https://x/path", "https://u:p@x", "https://x/?q"] {
+            assert!(matches!(Origin::parse(bad), Err(Error::Config(_))), "{bad}");
+        }
+    }
+}
