@@ -9,7 +9,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -124,7 +124,8 @@ impl TestServer {
     }
 
     /// Waits this long before answering each token request from now on (zero: no delay).
-    /// The delay applies before any injected failure.
+    /// The delay applies before any injected failure. It runs on the tokio clock, so a test with
+    /// a paused clock skips through it in virtual time.
     pub fn set_delay(&self, delay: Duration) {
         self.inner.state.set_delay(delay);
     }
@@ -137,6 +138,9 @@ impl TestServer {
 
     /// Sets the lifetime of tokens issued from now on (`expires_in` is its whole seconds).
     /// [`Duration::ZERO`] issues tokens the API already rejects as expired.
+    ///
+    /// The API checks expiry against the real clock ([`std::time::Instant`]), not tokio's, so
+    /// pausing or advancing tokio time does not expire tokens.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.inner.state.set_token_lifetime(lifetime);
     }
@@ -298,8 +302,10 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, mut stop: watch:
         let state = Arc::clone(&state);
         async move { route(&state, request).await }
     });
+    // No header read timeout: tests with a paused, auto-advancing tokio clock would otherwise see
+    // idle keep-alive connections closed in virtual time.
     let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
+        .header_read_timeout(None)
         .serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         result = connection => {

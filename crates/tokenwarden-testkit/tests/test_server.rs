@@ -588,3 +588,16 @@ async fn works_on_a_current_thread_runtime() {
     let reply = h.call_api(Method::POST, "/x", Some(&token), "hi").await;
     assert_eq!(reply.json()["body"], "hi");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_clock_does_not_close_idle_connections() {
+    // Tests of renewal logic often run with a paused, auto-advancing clock; the server must not
+    // time out keep-alive connections in virtual time.
+    let h = Harness::start().await;
+    let token = h.token().await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        let reply = h.call_api(Method::GET, "/x", Some(&token), "").await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+}
