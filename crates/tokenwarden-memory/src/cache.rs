@@ -27,7 +27,7 @@ use crate::leases::Leases;
 /// Clones share the same store. Locks are held only for a few map operations and never across an
 /// `.await`; a lock poisoned by a panicking thread is recovered, since no operation leaves the store
 /// half-updated.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MemoryTokenCache {
     inner: Arc<Inner>,
 }
@@ -177,6 +177,13 @@ impl Default for MemoryTokenCache {
     /// A cache of [`MemoryTokenCache::DEFAULT_MAX_ENTRIES`] tokens, timed by the system clock.
     fn default() -> Self {
         MemoryTokenCache::new(MemoryTokenCache::DEFAULT_MAX_ENTRIES)
+    }
+}
+
+// Shows the bound, the entry count and the clock; never the tokens.
+impl fmt::Debug for MemoryTokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.inner, f)
     }
 }
 
