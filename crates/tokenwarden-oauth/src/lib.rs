@@ -1,1 +1,81 @@
-//! TODO
+//! The OAuth 2.0 wire protocol of tokenwarden: token requests, client authentication and strict
+//! response parsing, over any tower HTTP service.
+//!
+//! - [`ClientCredentials`] defines a client: its token endpoint (https, unless loopback), client
+//!   id, [`ClientAuth`] method and secret, default scopes, resources, audience and limits.
+//! - [`OAuthClient`] sends token requests, over the default hyper + rustls transport
+//!   ([`OAuthClient::new`]) or any `tower::Service` ([`OAuthClient::with_transport`]).
+//! - [`TokenResponse`] is a parsed, validated answer; [`Error`] says what went wrong and
+//!   [`Error::is_retryable`] whether trying again can help.
+//!
+//! Supported today: the client-credentials grant (RFC 6749 §4.4) with `client_secret_basic`,
+//! `client_secret_post` and public clients, resource indicators (RFC 8707) and `audience`.
+//!
+//! # Example
+//!
+//! A token request against a stand-in transport (in production, use [`OAuthClient::new`]):
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//!
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tokenwarden_core::TokenParams;
+//! use tokenwarden_oauth::{ClientCredentials, Error, OAuthClient};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! let billing = ClientCredentials::builder("https://auth.example.com/oauth2/token", "billing")
+//!     .client_secret(std::env::var("BILLING_SECRET").unwrap_or_else(|_| "s3cr3t".into()))
+//!     .scope("invoices.read invoices.write")
+//!     .resource("https://api.example.com/")
+//!     .timeout(Duration::from_secs(5))
+//!     .build()?;
+//!
+//! let transport = tower::service_fn(|request: http::Request<Full<Bytes>>| async move {
+//!     assert_eq!(request.uri(), "https://auth.example.com/oauth2/token");
+//!     let body = r#"{"access_token":"eyJhbGciOi.example","token_type":"Bearer","expires_in":300}"#;
+//!     Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+//! });
+//! let oauth = OAuthClient::with_transport(transport);
+//!
+//! let response = oauth.client_credentials(&billing, &TokenParams::new()).await?;
+//! assert_eq!(response.access_token().expose_secret(), "eyJhbGciOi.example");
+//! assert_eq!(response.expires_in(), Some(Duration::from_secs(300)));
+//!
+//! // Secrets never print themselves.
+//! assert!(!format!("{billing:?} {response:?}").contains("s3cr3t"));
+//! assert!(!format!("{response:?}").contains("eyJhbGciOi.example"));
+//!
+//! // A per-request override asks for a different token.
+//! let narrow = TokenParams::new().scope("invoices.read");
+//! let response = oauth.client_credentials(&billing, &narrow).await?;
+//! # let _ = response;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Security
+//!
+//! - The client secret and tokens are held in [`tokenwarden_core::Secret`]: `Debug`, error messages
+//!   and tracing events never contain them.
+//! - A token value that could not be sent in a header (CR/LF, control bytes, spaces) is refused
+//!   with [`Error::InvalidToken`].
+//! - The whole exchange, response body included, is bounded by
+//!   [`ClientCredentials::timeout`], and the body by [`ClientCredentials::max_response_bytes`].
+#![deny(unsafe_code, unreachable_pub)]
+#![warn(missing_docs)]
+
+mod client;
+mod credentials;
+mod error;
+mod request;
+mod response;
+mod transport;
+
+pub use client::OAuthClient;
+pub use credentials::{ClientAuth, ClientCredentials, ClientCredentialsBuilder};
+pub use error::Error;
+pub use response::{MAX_EXPIRES_IN, TokenResponse};
+pub use tokenwarden_core::BoxError;

@@ -1,0 +1,176 @@
+use std::fmt;
+
+use bytes::{Bytes, BytesMut};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Full};
+use tokenwarden_core::{BoxError, TokenParams};
+use tower::ServiceExt as _;
+
+use crate::request::{Form, client_credentials_form, token_request};
+use crate::response::parse_token_response;
+use crate::transport::{ResponseBody, Transport, boxed, default_transport};
+use crate::{ClientCredentials, Error, TokenResponse};
+
+/// Sends token requests to token endpoints over an HTTP transport.
+///
+/// One `OAuthClient` serves any number of [`ClientCredentials`]; cloning it is cheap and clones
+/// share the transport (and its connection pool).
+#[derive(Clone)]
+pub struct OAuthClient {
+    transport: Transport,
+}
+
+impl OAuthClient {
+    /// A client over the default transport: hyper-util's pooled client with rustls (ring provider,
+    /// the platform's root certificates or else the bundled webpki roots), HTTP/1.1 and HTTP/2.
+    ///
+    /// Fails with [`Error::Transport`] only if TLS cannot be set up.
+    pub fn new() -> Result<OAuthClient, Error> {
+        Ok(OAuthClient::with_transport(default_transport()?))
+    }
+
+    /// A client over any tower HTTP service: a hyper client configured your way, a proxying
+    /// client, or a test double.
+    ///
+    /// The service gets complete requests (absolute URI, headers, buffered form body); the
+    /// timeout and the response size limit are applied around it.
+    pub fn with_transport<S, B>(service: S) -> OAuthClient
+    where
+        S: tower::Service<http::Request<Full<Bytes>>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        OAuthClient {
+            transport: boxed(service),
+        }
+    }
+
+    /// Requests a token with the client-credentials grant (RFC 6749 §4.4).
+    ///
+    /// `params` may replace the client's scopes, resources or audience and add form parameters.
+    /// A refresh token in the response is dropped (RFC 6749 §4.4.3: this grant must not issue
+    /// one), so [`TokenResponse::refresh_token`] is always `None`.
+    pub async fn client_credentials(
+        &self,
+        client: &ClientCredentials,
+        params: &TokenParams,
+    ) -> Result<TokenResponse, Error> {
+        let form = client_credentials_form(client, params)?;
+        let response = self.exchange(client, form, "client_credentials").await?;
+        if response.refresh_token().is_some() {
+            tracing::debug!(
+                client_id = client.client_id(),
+                "dropped the refresh token of a client-credentials response (RFC 6749 section 4.4.3)"
+            );
+        }
+        Ok(response.without_refresh_token())
+    }
+
+    /// Sends one token request and parses the answer, all within the client's timeout.
+    async fn exchange(
+        &self,
+        client: &ClientCredentials,
+        form: Form,
+        grant_type: &'static str,
+    ) -> Result<TokenResponse, Error> {
+        let request = token_request(client, form)?;
+        let timeout = client.timeout();
+        tracing::debug!(
+            client_id = client.client_id(),
+            token_endpoint = %client.token_endpoint(),
+            grant_type,
+            "requesting a token"
+        );
+        let exchange = send(self.transport.clone(), request, client.max_response_bytes());
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok((status, body))) => parse_token_response(status, &body),
+            Ok(Err(error)) => Err(error),
+            Err(_elapsed) => Err(Error::Timeout(timeout)),
+        };
+        match &result {
+            Ok(response) => tracing::debug!(
+                client_id = client.client_id(),
+                grant_type,
+                expires_in = response.expires_in().map(|d| d.as_secs()),
+                "token issued"
+            ),
+            // Error messages hold no secrets: see `Error`.
+            Err(error) => tracing::debug!(
+                client_id = client.client_id(),
+                grant_type,
+                %error,
+                "token request failed"
+            ),
+        }
+        result
+    }
+}
+
+impl fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthClient").finish_non_exhaustive()
+    }
+}
+
+async fn send(
+    transport: Transport,
+    request: http::Request<Full<Bytes>>,
+    limit: usize,
+) -> Result<(StatusCode, Bytes), Error> {
+    let response = transport.oneshot(request).await.map_err(Error::Transport)?;
+    let (parts, body) = response.into_parts();
+    let body = read_limited(&parts.headers, body, limit).await?;
+    Ok((parts.status, body))
+}
+
+/// Reads at most `limit` bytes of body: a larger announced length is refused before reading, and
+/// a body that grows past the limit is abandoned mid-stream (dropping it closes the connection).
+async fn read_limited(
+    headers: &HeaderMap,
+    mut body: ResponseBody,
+    limit: usize,
+) -> Result<Bytes, Error> {
+    let too_large = Error::ResponseTooLarge { limit };
+    let announced = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let limit_u64 = u64::try_from(limit).unwrap_or(u64::MAX);
+    if announced.is_some_and(|len| len > limit_u64) || body.size_hint().lower() > limit_u64 {
+        return Err(too_large);
+    }
+    let expected = announced.unwrap_or(body.size_hint().lower()).min(limit_u64);
+    let mut buf = BytesMut::with_capacity(usize::try_from(expected).unwrap_or(limit).min(limit));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Error::Transport)?;
+        if let Ok(data) = frame.into_data() {
+            if data.len() > limit - buf.len() {
+                return Err(too_large);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+const _: () = {
+    // The facade spawns token requests: the future must be `Send`.
+    fn assert_send<T: Send>(_: T) {}
+    #[allow(dead_code)]
+    fn client_credentials_is_send(c: &OAuthClient, cc: &ClientCredentials, p: &TokenParams) {
+        assert_send(c.client_credentials(cc, p));
+    }
+    #[allow(dead_code)]
+    fn client_is_send_sync(c: OAuthClient) -> impl Send + Sync + Clone + 'static {
+        c
+    }
+};
