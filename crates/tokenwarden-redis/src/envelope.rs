@@ -1,0 +1,198 @@
+//! The stored form of a cached token.
+//!
+//! A Redis value is `<fingerprint>|<payload>`:
+//! - `fingerprint`: the lower-case hex SHA-256 of the token value (64 characters). It lets the
+//!   compare-and-delete script check which token an entry holds without reading the payload, which
+//!   may be encrypted. Its first 8 digits equal [`Secret::fingerprint`](tokenwarden_core::Secret::fingerprint),
+//!   so operators can correlate an entry with log lines. A SHA-256 of a high-entropy token reveals
+//!   nothing usable.
+//! - `payload`: the JSON envelope below, or that JSON sealed by [`Encryption`](crate::Encryption).
+//!
+//! The JSON envelope is versioned (`"v":1`); a reader that does not know the version treats the
+//! entry as a miss. Times are milliseconds since the Unix epoch, rounded down.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokenwarden_core::{AccessToken, CachedToken, TokenType};
+
+/// The envelope version this crate writes and reads.
+pub(crate) const VERSION: u32 = 1;
+/// Length of the hex fingerprint prefix.
+pub(crate) const FINGERPRINT_LEN: usize = 64;
+/// Separates the fingerprint from the payload.
+pub(crate) const SEPARATOR: u8 = b'|';
+
+#[derive(Serialize, Deserialize)]
+struct EnvelopeV1<'a> {
+    v: u32,
+    access_token: std::borrow::Cow<'a, str>,
+    token_type: std::borrow::Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<std::borrow::Cow<'a, str>>,
+    /// The token's own expiry (`AccessToken::expires_at`), when the server gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_expires_at_ms: Option<u64>,
+    expires_at_ms: u64,
+    renew_at_ms: u64,
+}
+
+/// Only the version, read first so a newer envelope is recognised as such, not as corrupt.
+#[derive(Deserialize)]
+struct VersionOnly {
+    v: u32,
+}
+
+/// Why a stored value is not a usable token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DecodeError {
+    /// Not JSON, or fields missing or of the wrong type.
+    Corrupt,
+    /// A version this reader does not know (written by a newer tokenwarden).
+    UnknownVersion(u32),
+    /// The token value is not a valid header value.
+    InvalidToken,
+}
+
+impl DecodeError {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DecodeError::Corrupt => "corrupt entry",
+            DecodeError::UnknownVersion(_) => "unknown envelope version",
+            DecodeError::InvalidToken => "entry holds an invalid token value",
+        }
+    }
+}
+
+/// The lower-case hex SHA-256 of a token value.
+pub(crate) fn fingerprint(token_value: &str) -> String {
+    let digest = Sha256::digest(token_value.as_bytes());
+    let mut hex = String::with_capacity(FINGERPRINT_LEN);
+    for b in digest {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    hex
+}
+
+/// Splits a stored value into its fingerprint and payload.
+pub(crate) fn split(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    if value.len() > FINGERPRINT_LEN && value[FINGERPRINT_LEN] == SEPARATOR {
+        Some((&value[..FINGERPRINT_LEN], &value[FINGERPRINT_LEN + 1..]))
+    } else {
+        None
+    }
+}
+
+/// Joins a fingerprint and a payload into a stored value.
+pub(crate) fn join(fingerprint: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(fingerprint.len() + 1 + payload.len());
+    out.extend_from_slice(fingerprint.as_bytes());
+    out.push(SEPARATOR);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The JSON envelope of `token`.
+pub(crate) fn encode(token: &CachedToken) -> Result<Vec<u8>, serde_json::Error> {
+    let access = token.token();
+    serde_json::to_vec(&EnvelopeV1 {
+        v: VERSION,
+        access_token: access.expose_secret().into(),
+        token_type: access.token_type().as_str().into(),
+        scope: access.scope().map(Into::into),
+        token_expires_at_ms: access.expires_at().map(to_millis),
+        expires_at_ms: to_millis(token.expires_at()),
+        renew_at_ms: to_millis(token.renew_at()),
+    })
+}
+
+/// Reads a JSON envelope.
+pub(crate) fn decode(json: &[u8]) -> Result<CachedToken, DecodeError> {
+    let VersionOnly { v } = serde_json::from_slice(json).map_err(|_| DecodeError::Corrupt)?;
+    if v != VERSION {
+        return Err(DecodeError::UnknownVersion(v));
+    }
+    let envelope: EnvelopeV1<'_> =
+        serde_json::from_slice(json).map_err(|_| DecodeError::Corrupt)?;
+    let mut token = AccessToken::new(
+        envelope.access_token.into_owned(),
+        TokenType::parse(&envelope.token_type),
+    )
+    .map_err(|_| DecodeError::InvalidToken)?;
+    if let Some(scope) = envelope.scope {
+        token = token.with_scope(scope.as_ref());
+    }
+    if let Some(ms) = envelope.token_expires_at_ms {
+        token = token.with_expires_at(from_millis(ms));
+    }
+    Ok(CachedToken::new(
+        token,
+        from_millis(envelope.expires_at_ms),
+        from_millis(envelope.renew_at_ms),
+    ))
+}
+
+fn to_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn from_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CachedToken {
+        let t0 = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let token = AccessToken::new("abc.def", TokenType::DPoP)
+            .unwrap()
+            .with_scope("a b")
+            .with_expires_at(t0 + Duration::from_secs(3600));
+        CachedToken::new(
+            token,
+            t0 + Duration::from_secs(3600),
+            t0 + Duration::from_secs(3000),
+        )
+    }
+
+    #[test]
+    fn roundtrip_keeps_every_field() {
+        let c = sample();
+        assert_eq!(decode(&encode(&c).unwrap()).unwrap(), c);
+    }
+
+    #[test]
+    fn the_envelope_format_is_stable() {
+        let json = String::from_utf8(encode(&sample()).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"v":1,"access_token":"abc.def","token_type":"DPoP","scope":"a b","token_expires_at_ms":1700003600123,"expires_at_ms":1700003600123,"renew_at_ms":1700003000123}"#
+        );
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_are_rejected() {
+        assert_eq!(decode(b"{\"v\":2}"), Err(DecodeError::UnknownVersion(2)));
+        assert_eq!(decode(b"not json"), Err(DecodeError::Corrupt));
+        assert_eq!(decode(b"{\"v\":1}"), Err(DecodeError::Corrupt));
+        let bad = br#"{"v":1,"access_token":"a b","token_type":"Bearer","expires_at_ms":1,"renew_at_ms":1}"#;
+        assert_eq!(decode(bad), Err(DecodeError::InvalidToken));
+    }
+
+    #[test]
+    fn fingerprint_prefix_matches_core_secret_fingerprint() {
+        let fp = fingerprint("hunter2");
+        assert_eq!(fp.len(), FINGERPRINT_LEN);
+        assert!(fp.starts_with(&tokenwarden_core::Secret::new("hunter2").fingerprint()));
+        let value = join(&fp, b"payload");
+        assert_eq!(split(&value), Some((fp.as_bytes(), &b"payload"[..])));
+        assert_eq!(split(b"short|x"), None);
+    }
+}
