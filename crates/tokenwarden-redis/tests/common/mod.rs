@@ -1,0 +1,70 @@
+//! Shared helpers of the Redis integration tests: one real `redis-server` per test.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokenwarden_core::{AccessToken, CacheKey, CachedToken, TokenType};
+use tokenwarden_testkit::RedisServer;
+
+/// Starts a fresh server, failing with a clear message if `redis-server` is not installed.
+pub async fn server() -> RedisServer {
+    server_with_args(&[]).await
+}
+
+pub async fn server_with_args(args: &[&str]) -> RedisServer {
+    match RedisServer::start_with_args(args).await {
+        Ok(server) => server,
+        Err(e) => panic!("these tests need a real redis-server: {e}"),
+    }
+}
+
+/// A raw connection for reading and planting values behind the cache's back.
+pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+pub fn key(client: &str) -> CacheKey {
+    CacheKey::builder(client).scopes(["read", "write"]).build()
+}
+
+/// A time on a whole millisecond, so round trips through the millisecond envelope are exact.
+pub fn now_ms() -> SystemTime {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// A token valid for an hour, to be renewed after `renew_in`.
+pub fn token(value: &str, now: SystemTime, renew_in: Duration) -> CachedToken {
+    let access = AccessToken::new(value, TokenType::Bearer)
+        .unwrap()
+        .with_scope("read write")
+        .with_expires_at(now + Duration::from_secs(3600));
+    CachedToken::new(access, now + Duration::from_secs(3600), now + renew_in)
+}
+
+/// Polls `check` every 10 ms until it returns true, failing after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
