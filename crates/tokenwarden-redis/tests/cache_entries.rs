@@ -224,6 +224,27 @@ async fn remove_if_deletes_only_the_token_that_failed() {
 }
 
 #[tokio::test]
+async fn a_burst_of_concurrent_remove_ifs_deletes_once() {
+    let server = server().await;
+    let cache = RedisTokenCache::builder(&server.url()).build().unwrap();
+    let k = key("burst");
+    let failed = token("tok.burst", now_ms(), Duration::from_secs(60));
+    cache.put(&k, &failed).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (cache, k, t) = (cache.clone(), k.clone(), failed.token().clone());
+        tasks.push(tokio::spawn(async move {
+            cache.remove_if(&k, &t).await.unwrap()
+        }));
+    }
+    let mut deleted = 0;
+    for task in tasks {
+        deleted += usize::from(task.await.unwrap());
+    }
+    assert_eq!(deleted, 1);
+}
+
+#[tokio::test]
 async fn a_password_protected_server_works_with_credentials_in_the_url() {
     let server = server_with_args(&["--requirepass", "pw"]).await;
     let url = format!("redis://:pw@127.0.0.1:{}", server.port());

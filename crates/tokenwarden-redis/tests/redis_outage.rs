@@ -198,3 +198,18 @@ impl tracing::Subscriber for WarnCounter {
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
 }
+
+#[cfg(feature = "tls-rustls")]
+#[tokio::test]
+async fn a_rediss_url_speaks_tls_and_a_failed_handshake_is_just_an_error() {
+    // The server speaks plain RESP, so the TLS handshake fails: an error, not a panic (the rustls
+    // crypto provider is available) and not a hang.
+    let server = server().await;
+    let cache = RedisTokenCache::builder(&format!("rediss://127.0.0.1:{}", server.port()))
+        .op_timeout(OP_TIMEOUT)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    assert!(cache.get(&key("tls")).await.is_err());
+    assert!(started.elapsed() <= OP_TIMEOUT + Duration::from_millis(100));
+}

@@ -94,7 +94,8 @@ async fn a_lease_expires_after_its_ttl() {
     assert!(matches!(held, Lease::Acquired(_)));
     let lease_key = format!("tokenwarden:lease:{}", k.as_str());
     let pttl: i64 = raw(&server.url()).await.pttl(&lease_key).await.unwrap();
-    assert!((1..=50).contains(&pttl), "PTTL {pttl}");
+    // -2: already gone on a slow machine; never -1 (no expiry).
+    assert!(pttl == -2 || (1..=50).contains(&pttl), "PTTL {pttl}");
     eventually(Duration::from_secs(5), "the lease to expire", || async {
         matches!(
             b.try_lease(&k, Duration::from_secs(30)).await.unwrap(),
