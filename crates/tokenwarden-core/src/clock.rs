@@ -8,7 +8,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current time.
     fn now(&self) -> SystemTime;
+
+    /// The current time read cheaply: it may lag [`now`](Clock::now) by up to
+    /// [`COARSE_CLOCK_LAG`], so callers deciding whether something expired add that much.
+    /// Defaults to [`now`](Clock::now).
+    fn now_coarse(&self) -> SystemTime {
+        self.now()
+    }
 }
+
+/// How far [`Clock::now_coarse`] may lag behind [`Clock::now`] (a kernel tick is 1 to 10 ms).
+pub const COARSE_CLOCK_LAG: Duration = Duration::from_millis(20);
 
 /// The system's wall clock.
 #[derive(Clone, Copy, Debug, Default)]
@@ -17,6 +27,17 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn now_coarse(&self) -> SystemTime {
+        // CLOCK_REALTIME_COARSE is the time of the last tick, read from the vDSO without a
+        // syscall and without reading the TSC.
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+        match (u64::try_from(ts.tv_sec), u32::try_from(ts.tv_nsec)) {
+            (Ok(secs), Ok(nanos)) => UNIX_EPOCH + Duration::new(secs, nanos),
+            _ => SystemTime::now(),
+        }
     }
 }
 
@@ -72,6 +93,15 @@ impl fmt::Debug for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coarse_system_time_is_close_to_precise_time() {
+        let precise_before = SystemClock.now();
+        let coarse = SystemClock.now_coarse();
+        let precise_after = SystemClock.now();
+        assert!(coarse <= precise_after, "coarse time is never ahead");
+        assert!(coarse + COARSE_CLOCK_LAG >= precise_before, "and lags by less than the bound");
+    }
 
     #[test]
     fn manual_clock_moves_only_when_told() {

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use tokenwarden_core::{
-    AccessToken, CacheKey, CachedToken, Clock, Lease, Secret, SystemClock, TokenCache, TokenParams,
+    AccessToken, COARSE_CLOCK_LAG, CacheKey, CachedToken, Clock, Lease, Secret, SystemClock, TokenCache, TokenParams,
 };
 use tokenwarden_oauth::{ClientCredentials, OAuthClient, TokenResponse};
 
@@ -64,6 +64,7 @@ struct Inner {
     /// Slots for per-request parameters; each client's default slot lives in its `ClientEntry`.
     slots: Mutex<HashMap<CacheKey, Arc<Slot>>>,
     counters: Counters,
+    entry_ids: AtomicU64,
 }
 
 /// A registered client and the slot of its configured (default-parameter) token.
@@ -100,6 +101,9 @@ struct Failure {
 pub(crate) struct Entry {
     pub(crate) cached: CachedToken,
     pub(crate) header: HeaderValue,
+    /// Unique within the manager: what a request remembers of the token it sent, so a 401 can
+    /// invalidate exactly that token without holding on to (and contending for) the header.
+    pub(crate) id: u64,
 }
 
 #[derive(Default)]
@@ -317,6 +321,7 @@ impl TokenManagerBuilder {
                 lease_wait: self.lease_wait,
                 slots: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
+                entry_ids: AtomicU64::new(1),
             }),
         })
     }
@@ -424,17 +429,18 @@ impl TokenManager {
 
     /// The hot path: the default token's header if it is usable, without locks or allocation.
     /// A token due for renewal is still returned while one renewal runs in the background.
-    pub(crate) fn cached_header(&self, client: &Arc<ClientEntry>) -> Option<HeaderValue> {
+    pub(crate) fn cached_header(&self, client: &Arc<ClientEntry>) -> Option<(HeaderValue, u64)> {
         let slot = &client.default_slot;
         let guard = slot.current.load();
         let entry = guard.as_ref()?;
-        let now = self.now();
+        // The coarse clock may lag: count it as later by its bound, so an expired token is never sent.
+        let now = self.inner.clock.now_coarse() + COARSE_CLOCK_LAG;
         if entry.cached.is_fresh(now) {
-            return Some(entry.header.clone());
+            return Some((entry.header.clone(), entry.id));
         }
         if entry.cached.is_usable(now) {
             self.renew_in_background(client, slot, now);
-            return Some(entry.header.clone());
+            return Some((entry.header.clone(), entry.id));
         }
         None
     }
@@ -614,7 +620,7 @@ impl TokenManager {
         };
         let from_shared = |cached: Option<CachedToken>| -> Option<Entry> {
             let cached = cached.filter(|c| acceptable(c, self.now()))?;
-            let entry = entry_from_cached(cached).ok()?;
+            let entry = self.entry_from_cached(cached).ok()?;
             self.inner.counters.shared_hits.fetch_add(1, Ordering::Relaxed);
             Some(entry)
         };
@@ -720,11 +726,27 @@ impl TokenManager {
         let renew_at = expires_at.checked_sub(buffer).unwrap_or(expires_at);
         let token = response.into_access_token().with_expires_at(expires_at);
         tracing::debug!(client = %client.name, token = %token.secret().fingerprint(), ?lifetime, "token obtained");
-        entry_from_cached(CachedToken::new(token, expires_at, renew_at)).map_err(|error| Error::Token {
+        self.entry_from_cached(CachedToken::new(token, expires_at, renew_at))
+            .map_err(|error| Error::Token {
             client: client.name.clone(),
             grant: GRANT_CLIENT_CREDENTIALS,
             source: Arc::new(error),
         })
+    }
+}
+
+impl TokenManager {
+    fn entry_from_cached(&self, cached: CachedToken) -> Result<Entry, tokenwarden_oauth::Error> {
+        let token = cached.token();
+        let value = format!("{} {}", token.token_type().as_str(), token.expose_secret());
+        let mut header = HeaderValue::try_from(value).map_err(|_| {
+            tokenwarden_oauth::Error::InvalidResponse(
+                "the token type cannot be sent in an Authorization header".into(),
+            )
+        })?;
+        header.set_sensitive(true);
+        let id = self.inner.entry_ids.fetch_add(1, Ordering::Relaxed);
+        Ok(Entry { cached, header, id })
     }
 }
 
@@ -742,16 +764,6 @@ impl Slot {
             rejected: ArcSwapOption::empty(),
         }
     }
-}
-
-fn entry_from_cached(cached: CachedToken) -> Result<Entry, tokenwarden_oauth::Error> {
-    let token = cached.token();
-    let value = format!("{} {}", token.token_type().as_str(), token.expose_secret());
-    let mut header = HeaderValue::try_from(value).map_err(|_| {
-        tokenwarden_oauth::Error::InvalidResponse("the token type cannot be sent in an Authorization header".into())
-    })?;
-    header.set_sensitive(true);
-    Ok(Entry { cached, header })
 }
 
 fn same_entry(a: Option<&Arc<Entry>>, b: &Arc<Entry>) -> bool {

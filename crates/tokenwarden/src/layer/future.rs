@@ -15,7 +15,7 @@ use tower_service::Service;
 
 use super::service::{
     Captured, HeaderFuture, Shared, acquire_header, invalidate_rejected, renew_after_rejection,
-    with_authorization,
+    set_authorization,
 };
 
 pin_project! {
@@ -33,10 +33,10 @@ pin_project! {
         // A (not yet ready) service to replay with, present while a replay is still possible.
         replay_service: Option<S>,
         // The request as it was before the token was added; present once the body is buffered.
-        captured: Option<Captured>,
-        // The `Authorization` value that was sent, to invalidate exactly that token on a 401.
-        sent: Option<HeaderValue>,
-        params: Option<TokenParams>,
+        captured: Option<Box<Captured>>,
+        // The id of the token that was sent, to invalidate exactly that token on a 401.
+        sent: Option<u64>,
+        params: Option<Box<TokenParams>>,
     }
 }
 
@@ -48,17 +48,17 @@ pin_project! {
         B: Body,
     {
         // Buffering the body so the request can be replayed.
+        // The cold states keep their large parts boxed, so the future stays small on the hot path.
         Collecting {
-            #[pin]
-            collect: Collect<B>,
-            parts: Option<http::request::Parts>,
+            collect: Pin<Box<Collect<B>>>,
+            parts: Option<Box<http::request::Parts>>,
             ready: Option<S>,
-            header: Option<HeaderValue>,
+            cached: Option<(HeaderValue, u64)>,
         },
         // No token was cached: getting one before the first send.
         AwaitingToken {
             token: HeaderFuture,
-            request: Option<Request<B>>,
+            request: Option<Box<Request<B>>>,
             ready: Option<S>,
         },
         Sending {
@@ -68,15 +68,15 @@ pin_project! {
         // A 401 came back: getting a new token for the replay.
         Renewing {
             token: HeaderFuture,
-            response: Option<S::Response>,
+            response: Option<Box<S::Response>>,
         },
         // A 401 came back to a request that cannot be replayed: invalidating, then returning it.
         Invalidating {
             invalidate: Pin<Box<dyn Future<Output = ()> + Send>>,
-            response: Option<S::Response>,
+            response: Option<Box<S::Response>>,
         },
         ReplayReady {
-            request: Option<Request<B>>,
+            request: Option<Box<Request<B>>>,
         },
         Replaying {
             #[pin]
@@ -121,9 +121,9 @@ where
     pub(crate) fn sending(
         future: S::Future,
         shared: Arc<Shared>,
-        replay: Option<(S, Captured)>,
-        sent: HeaderValue,
-        params: Option<TokenParams>,
+        replay: Option<(S, Box<Captured>)>,
+        sent: u64,
+        params: Option<Box<TokenParams>>,
     ) -> Self {
         let (replay_service, captured) = replay.unzip();
         ResponseFuture {
@@ -140,15 +140,15 @@ where
         request: Request<B>,
         ready: S,
         shared: Arc<Shared>,
-        replay: Option<(S, Captured)>,
+        replay: Option<(S, Box<Captured>)>,
         token: HeaderFuture,
-        params: Option<TokenParams>,
+        params: Option<Box<TokenParams>>,
     ) -> Self {
         let (replay_service, captured) = replay.unzip();
         ResponseFuture {
             state: State::AwaitingToken {
                 token,
-                request: Some(request),
+                request: Some(Box::new(request)),
                 ready: Some(ready),
             },
             shared: Some(shared),
@@ -164,16 +164,16 @@ where
         ready: S,
         replay_service: S,
         shared: Arc<Shared>,
-        header: Option<HeaderValue>,
-        params: Option<TokenParams>,
+        cached: Option<(HeaderValue, u64)>,
+        params: Option<Box<TokenParams>>,
     ) -> Self {
         let (parts, body) = request.into_parts();
         ResponseFuture {
             state: State::Collecting {
-                collect: body.collect(),
-                parts: Some(parts),
+                collect: Box::pin(body.collect()),
+                parts: Some(Box::new(parts)),
                 ready: Some(ready),
-                header,
+                cached,
             },
             shared: Some(shared),
             replay_service: Some(replay_service),
@@ -201,18 +201,18 @@ where
                     collect,
                     parts,
                     ready,
-                    header,
+                    cached,
                 } => {
-                    let body = ready!(collect.poll(cx)).map_err(Into::into)?.to_bytes();
+                    let body = ready!(collect.as_mut().poll(cx)).map_err(Into::into)?.to_bytes();
                     let (Some(parts), Some(mut service)) = (parts.take(), ready.take()) else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    *this.captured = Some(Captured::new(&parts, body.clone()));
-                    let request = Request::from_parts(parts, B::from(body));
-                    match header.take() {
-                        Some(header) => {
-                            let request = with_authorization(request, header.clone());
-                            *this.sent = Some(header);
+                    let mut request = Request::from_parts(*parts, B::from(body.clone()));
+                    *this.captured = Some(Box::new(Captured::new(&request, body)));
+                    match cached.take() {
+                        Some((header, id)) => {
+                            set_authorization(&mut request, header);
+                            *this.sent = Some(id);
                             let future = service.call(request);
                             this.state.set(State::Sending { future });
                         }
@@ -220,22 +220,23 @@ where
                             let Some(shared) = this.shared.clone() else {
                                 return Poll::Ready(Err(polled_after_completion()));
                             };
-                            let token = acquire_header(shared, this.params.clone());
+                            let token = acquire_header(shared, this.params.as_deref().cloned());
                             this.state.set(State::AwaitingToken {
                                 token,
-                                request: Some(request),
+                                request: Some(Box::new(request)),
                                 ready: Some(service),
                             });
                         }
                     }
                 }
                 StateProj::AwaitingToken { token, request, ready } => {
-                    let header = ready!(token.as_mut().poll(cx))?;
+                    let (header, id) = ready!(token.as_mut().poll(cx))?;
                     let (Some(request), Some(mut service)) = (request.take(), ready.take()) else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    let request = with_authorization(request, header.clone());
-                    *this.sent = Some(header);
+                    let mut request = *request;
+                    set_authorization(&mut request, header);
+                    *this.sent = Some(id);
                     let future = service.call(request);
                     this.state.set(State::Sending { future });
                 }
@@ -244,46 +245,46 @@ where
                     if response.status() != StatusCode::UNAUTHORIZED {
                         return Poll::Ready(Ok(response));
                     }
-                    let (Some(shared), Some(sent)) = (this.shared.clone(), this.sent.clone()) else {
+                    let (Some(shared), Some(sent)) = (this.shared.clone(), *this.sent) else {
                         return Poll::Ready(Ok(response));
                     };
                     if this.replay_service.is_some() && this.captured.is_some() {
-                        let token = renew_after_rejection(shared, this.params.clone(), sent);
+                        let token = renew_after_rejection(shared, this.params.as_deref().cloned(), sent);
                         this.state.set(State::Renewing {
                             token,
-                            response: Some(response),
+                            response: Some(Box::new(response)),
                         });
                     } else {
-                        let invalidate = invalidate_rejected(shared, this.params.clone(), sent);
+                        let invalidate = invalidate_rejected(shared, this.params.as_deref().cloned(), sent);
                         this.state.set(State::Invalidating {
                             invalidate,
-                            response: Some(response),
+                            response: Some(Box::new(response)),
                         });
                     }
                 }
                 StateProj::Renewing { token, response } => {
                     let result = ready!(token.as_mut().poll(cx));
                     match (result, this.captured.take()) {
-                        (Ok(header), Some(captured)) => {
+                        (Ok((header, _)), Some(captured)) => {
                             if let Some(shared) = this.shared.as_ref() {
                                 shared.manager.count_replay();
                             }
                             this.state.set(State::ReplayReady {
-                                request: Some(captured.into_request(header)),
+                                request: Some(Box::new(captured.into_request(header))),
                             });
                         }
                         (Err(error), _) => {
                             tracing::warn!(%error, "no new token after a 401; returning the 401");
-                            return Poll::Ready(response.take().ok_or_else(polled_after_completion));
+                            return Poll::Ready(response.take().map(|r| *r).ok_or_else(polled_after_completion));
                         }
                         (Ok(_), None) => {
-                            return Poll::Ready(response.take().ok_or_else(polled_after_completion));
+                            return Poll::Ready(response.take().map(|r| *r).ok_or_else(polled_after_completion));
                         }
                     }
                 }
                 StateProj::Invalidating { invalidate, response } => {
                     ready!(invalidate.as_mut().poll(cx));
-                    return Poll::Ready(response.take().ok_or_else(polled_after_completion));
+                    return Poll::Ready(response.take().map(|r| *r).ok_or_else(polled_after_completion));
                 }
                 StateProj::ReplayReady { request } => {
                     // The replay service is a clone that was never polled: make it ready first.
@@ -294,7 +295,7 @@ where
                     let Some(request) = request.take() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    let future = service.call(request);
+                    let future = service.call(*request);
                     *this.replay_service = None;
                     this.state.set(State::Replaying { future });
                 }

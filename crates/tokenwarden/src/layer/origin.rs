@@ -14,6 +14,9 @@ pub(crate) struct Origin {
     https: bool,
     host: String,
     port: u16,
+    /// `host:port`, and `host` alone when the port is the scheme's default: the spellings of
+    /// this origin's authority, compared as text on the hot path before any parsing.
+    authorities: Vec<String>,
 }
 
 impl Origin {
@@ -33,21 +36,37 @@ impl Origin {
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(bad("an origin has no path or query"));
         }
+        let host = authority.host().to_ascii_lowercase();
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let mut authorities = vec![format!("{host}:{port}")];
+        if port == if https { 443 } else { 80 } {
+            authorities.push(host.clone());
+        }
         Ok(Origin {
             https,
-            host: authority.host().to_ascii_lowercase(),
-            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            host,
+            port,
+            authorities,
         })
     }
 
     fn matches(&self, uri: &Uri) -> bool {
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            Some(s) if s.eq_ignore_ascii_case("https") => true,
-            Some(s) if s.eq_ignore_ascii_case("http") => false,
+        let https = match uri.scheme() {
+            Some(s) if *s == http::uri::Scheme::HTTPS => true,
+            Some(s) if *s == http::uri::Scheme::HTTP => false,
             _ => return false,
         };
+        if https != self.https {
+            return false;
+        }
+        let Some(authority) = uri.authority() else {
+            return false;
+        };
+        // Fast path: the authority spelled exactly as one of ours (a memcmp, no parsing).
+        let text = authority.as_str();
+        if self.authorities.iter().any(|a| a.as_bytes() == text.as_bytes()) {
+            return true;
+        }
         let Some(host) = uri.host() else {
             return false;
         };

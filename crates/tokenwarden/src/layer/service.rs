@@ -17,22 +17,34 @@ use super::origin::Origins;
 use crate::manager::ClientEntry;
 use crate::{Error, TokenManager};
 
-/// A future resolving to an `Authorization` value.
-pub(crate) type HeaderFuture = Pin<Box<dyn Future<Output = Result<HeaderValue, Error>> + Send>>;
+/// A future resolving to an `Authorization` value and the id of the token in it.
+pub(crate) type HeaderFuture = Pin<Box<dyn Future<Output = Result<(HeaderValue, u64), Error>> + Send>>;
 
-/// What every service built by one layer shares.
+/// The layer's configuration, which its services and their response futures refer to.
+#[derive(Clone)]
 pub(crate) struct Shared {
     pub(crate) manager: TokenManager,
     pub(crate) client: Arc<ClientEntry>,
-    pub(crate) origins: Origins,
+    pub(crate) origins: Arc<Origins>,
     pub(crate) max_replay_bytes: usize,
+    pub(crate) replay: bool,
 }
 
 /// The middleware built by [`AccessTokenLayer`](super::AccessTokenLayer).
-#[derive(Clone)]
 pub struct AccessTokenService<S> {
     inner: S,
     shared: Arc<Shared>,
+}
+
+/// Each clone gets its own `Arc<Shared>`: response futures hold a reference to it, and a count
+/// shared by every task on every core would be a contended write on each request.
+impl<S: Clone> Clone for AccessTokenService<S> {
+    fn clone(&self) -> Self {
+        AccessTokenService {
+            inner: self.inner.clone(),
+            shared: Arc::new(Shared::clone(&self.shared)),
+        }
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for AccessTokenService<S> {
@@ -80,61 +92,54 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        // The ready service goes into the future; `self` keeps a clone that will be made ready again.
-        let clone = self.inner.clone();
-        let mut ready = mem::replace(&mut self.inner, clone);
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let shared = &self.shared;
         if request.headers().contains_key(AUTHORIZATION) || !shared.origins.allows(request.uri()) {
-            return ResponseFuture::passthrough(ready.call(request));
+            return ResponseFuture::passthrough(self.inner.call(request));
         }
         let params = request
             .extensions()
             .get::<TokenParams>()
             .filter(|p| p.is_force_renewal() || !p.uses_default_key())
-            .cloned();
-        let header = match params {
+            .map(|p| Box::new(p.clone()));
+        let cached = match params {
             None => shared.manager.cached_header(&shared.client),
             Some(_) => None,
         };
         let exact_size = request.body().size_hint().exact();
-        let replayable = exact_size.is_some_and(|n| n <= shared.max_replay_bytes as u64);
-        if !replayable {
-            return match header {
-                Some(header) => {
-                    let request = with_authorization(request, header.clone());
-                    ResponseFuture::sending(ready.call(request), shared.clone(), None, header, params)
+        let replayable = shared.replay && exact_size.is_some_and(|n| n <= shared.max_replay_bytes as u64);
+        // An empty body needs no buffering: the replay sends an empty body too.
+        let buffered = exact_size == Some(0);
+        match cached {
+            // The hot path: a cached token and nothing to wait for, so the ready inner service is
+            // called right here.
+            Some((header, id)) if !replayable || buffered => {
+                let replay = replayable
+                    .then(|| (self.inner.clone(), Box::new(Captured::new(&request, Bytes::new()))));
+                set_authorization(&mut request, header);
+                let future = self.inner.call(request);
+                ResponseFuture::sending(future, shared.clone(), replay, id, params)
+            }
+            cached => {
+                // The ready service goes into the future, which first waits for a token or a body;
+                // `self` keeps a clone that will be made ready again.
+                let clone = self.inner.clone();
+                let ready = mem::replace(&mut self.inner, clone);
+                let replay_service = replayable.then(|| self.inner.clone());
+                if replayable && !buffered {
+                    let replay_service = replay_service.unwrap_or_else(|| self.inner.clone());
+                    return ResponseFuture::collecting(request, ready, replay_service, shared.clone(), cached, params);
                 }
-                None => {
-                    let token = acquire_header(shared.clone(), params.clone());
-                    ResponseFuture::awaiting_token(request, ready, shared.clone(), None, token, params)
-                }
-            };
+                let replay = replay_service.map(|s| (s, Box::new(Captured::new(&request, Bytes::new()))));
+                let token = acquire_header(shared.clone(), params.as_deref().cloned());
+                ResponseFuture::awaiting_token(request, ready, shared.clone(), replay, token, params)
+            }
         }
-        let replay_service = self.inner.clone();
-        if exact_size == Some(0) {
-            // An empty body needs no buffering: the replay sends an empty body too.
-            let (parts, body) = request.into_parts();
-            let replay = Some((replay_service, Captured::new(&parts, Bytes::new())));
-            let request = Request::from_parts(parts, body);
-            return match header {
-                Some(header) => {
-                    let request = with_authorization(request, header.clone());
-                    ResponseFuture::sending(ready.call(request), shared.clone(), replay, header, params)
-                }
-                None => {
-                    let token = acquire_header(shared.clone(), params.clone());
-                    ResponseFuture::awaiting_token(request, ready, shared.clone(), replay, token, params)
-                }
-            };
-        }
-        ResponseFuture::collecting(request, ready, replay_service, shared.clone(), header, params)
     }
 }
 
-pub(crate) fn with_authorization<B>(mut request: Request<B>, header: HeaderValue) -> Request<B> {
+pub(crate) fn set_authorization<B>(request: &mut Request<B>, header: HeaderValue) {
     request.headers_mut().insert(AUTHORIZATION, header);
-    request
 }
 
 /// What is kept of a request so it can be sent again: everything but the `Authorization` header.
@@ -148,13 +153,13 @@ pub(crate) struct Captured {
 }
 
 impl Captured {
-    pub(crate) fn new(parts: &http::request::Parts, body: Bytes) -> Self {
+    pub(crate) fn new<B>(request: &Request<B>, body: Bytes) -> Self {
         Captured {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
-            extensions: parts.extensions.clone(),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+            extensions: request.extensions().clone(),
             body,
         }
     }
@@ -166,7 +171,8 @@ impl Captured {
         *request.version_mut() = self.version;
         *request.headers_mut() = self.headers;
         *request.extensions_mut() = self.extensions;
-        with_authorization(request, header)
+        set_authorization(&mut request, header);
+        request
     }
 }
 
@@ -179,20 +185,20 @@ pub(crate) fn acquire_header(shared: Arc<Shared>, params: Option<TokenParams>) -
         let entry = manager
             .entry(&shared.client, &slot, params.is_force_renewal())
             .await?;
-        Ok(entry.header.clone())
+        Ok((entry.header.clone(), entry.id))
     })
 }
 
 /// After a 401: invalidate the token that was sent (only if it is still cached), then get the
 /// current one; a burst of 401s for one token costs one renewal.
-pub(crate) fn renew_after_rejection(shared: Arc<Shared>, params: Option<TokenParams>, sent: HeaderValue) -> HeaderFuture {
+pub(crate) fn renew_after_rejection(shared: Arc<Shared>, params: Option<TokenParams>, sent: u64) -> HeaderFuture {
     Box::pin(async move {
         let params = params.map(|p| p.without_force_renewal()).unwrap_or_default();
         let manager = &shared.manager;
         let slot = manager.slot_for(&shared.client, &params);
-        manager.invalidate_if(&slot, |e| e.header == sent).await;
+        manager.invalidate_if(&slot, |e| e.id == sent).await;
         let entry = manager.entry(&shared.client, &slot, false).await?;
-        Ok(entry.header.clone())
+        Ok((entry.header.clone(), entry.id))
     })
 }
 
@@ -200,12 +206,12 @@ pub(crate) fn renew_after_rejection(shared: Arc<Shared>, params: Option<TokenPar
 pub(crate) fn invalidate_rejected(
     shared: Arc<Shared>,
     params: Option<TokenParams>,
-    sent: HeaderValue,
+    sent: u64,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
         let params = params.unwrap_or_default();
         let manager = &shared.manager;
         let slot = manager.slot_for(&shared.client, &params);
-        manager.invalidate_if(&slot, |e| e.header == sent).await;
+        manager.invalidate_if(&slot, |e| e.id == sent).await;
     })
 }
