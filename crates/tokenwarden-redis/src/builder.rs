@@ -11,8 +11,11 @@ use crate::breaker::CircuitBreaker;
 use crate::cache::{Inner, RedisTokenCache};
 use crate::{Encryption, Error};
 
-/// The default prefix of every Redis key this cache writes.
-pub const DEFAULT_KEY_PREFIX: &str = "tokenwarden:";
+/// The default prefix of every Redis key this cache writes: none, because a [`CacheKey`]
+/// already starts with its namespace (`tokenwarden:v1:` unless the manager was given another).
+///
+/// [`CacheKey`]: tokenwarden_core::CacheKey
+pub const DEFAULT_KEY_PREFIX: &str = "";
 /// The default bound on every Redis call.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(200);
 /// The default number of consecutive failures that opens the circuit breaker.
@@ -54,8 +57,9 @@ impl RedisTokenCacheBuilder {
         }
     }
 
-    /// Prefix of every Redis key (default `tokenwarden:`), to keep applications sharing one Redis
-    /// apart. Token entries live at `<prefix><cache key>`, leases at `<prefix>lease:<cache key>`.
+    /// Prefix of every Redis key (default none: cache keys already start with their namespace).
+    /// Token entries live at `<prefix><cache key>`, leases at `<prefix><cache key>:lease` (a cache
+    /// key never contains `:` after its `namespace:v1:` head, so the two cannot collide).
     pub fn key_prefix(mut self, prefix: &str) -> Self {
         self.key_prefix = prefix.to_owned();
         self

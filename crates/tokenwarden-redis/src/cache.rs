@@ -138,7 +138,7 @@ impl RedisTokenCache {
 
     /// The Redis key of the refresh lease for `key`.
     fn lease_key(&self, key: &CacheKey) -> String {
-        format!("{}lease:{}", self.inner.key_prefix, key.as_str())
+        format!("{}{}:lease", self.inner.key_prefix, key.as_str())
     }
 
     /// Runs one Redis operation behind the circuit breaker and the operation timeout.

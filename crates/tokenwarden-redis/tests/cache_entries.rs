@@ -109,7 +109,7 @@ async fn the_key_prefix_is_applied() {
     let keys: Vec<String> = raw(&server.url()).await.keys("*").await.unwrap();
     assert_eq!(keys, vec![format!("svc-a:{}", k.as_str())]);
     let default = RedisTokenCache::builder(&server.url()).build().unwrap();
-    assert_eq!(default.redis_key(&k), format!("tokenwarden:{}", k.as_str()));
+    assert_eq!(default.redis_key(&k), k.as_str());
     assert!(
         default.get(&k).await.unwrap().is_none(),
         "prefixes keep apps apart"

@@ -79,7 +79,7 @@ async fn a_release_by_a_non_owner_does_nothing() {
         Lease::HeldElsewhere
     );
     a.release_lease(&k, &held).await.unwrap();
-    let lease_key = format!("tokenwarden:lease:{}", k.as_str());
+    let lease_key = format!("{}:lease", k.as_str());
     let exists: bool = raw(&server.url()).await.exists(&lease_key).await.unwrap();
     assert!(!exists);
 }
@@ -92,7 +92,7 @@ async fn a_lease_expires_after_its_ttl() {
     let k = key("expiry");
     let held = a.try_lease(&k, Duration::from_millis(50)).await.unwrap();
     assert!(matches!(held, Lease::Acquired(_)));
-    let lease_key = format!("tokenwarden:lease:{}", k.as_str());
+    let lease_key = format!("{}:lease", k.as_str());
     let pttl: i64 = raw(&server.url()).await.pttl(&lease_key).await.unwrap();
     // -2: already gone on a slow machine; never -1 (no expiry).
     assert!(pttl == -2 || (1..=50).contains(&pttl), "PTTL {pttl}");
