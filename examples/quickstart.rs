@@ -50,8 +50,8 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
             server.revoke_all();
             println!("request {i}: the server revoked every token it had issued");
         }
-        let request = http::Request::get(server.api_url(&format!("/invoices/{i}")))
-            .body(Full::default())?;
+        let request =
+            http::Request::get(server.api_url(&format!("/invoices/{i}"))).body(Full::default())?;
         match client.clone().oneshot(request).await {
             Ok(response) if response.status().is_success() => {
                 response.into_body().collect().await?;
@@ -73,7 +73,10 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     println!("requests sent            {}", ok + failed);
     println!("  succeeded              {ok}");
     println!("  failed                 {failed}");
-    println!("token requests made      {}", server.token_requests("billing"));
+    println!(
+        "token requests made      {}",
+        server.token_requests("billing")
+    );
     println!("401s seen by the layer   {}", server.api_rejections());
     println!("replays after a 401      {}", metrics.replays);
     println!("tokens invalidated       {}", metrics.invalidations);

@@ -32,7 +32,10 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     println!("Redis at {redis_url}");
 
     // The token endpoint answers slowly, as a busy identity provider does.
-    let idp = TestServer::builder().client("billing", "billing-secret").start().await?;
+    let idp = TestServer::builder()
+        .client("billing", "billing-secret")
+        .start()
+        .await?;
     idp.set_delay(Duration::from_millis(150));
 
     // A namespace of its own, so a shared REDIS_URL never serves an older run's tokens.
@@ -79,9 +82,15 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     }
 
     println!("replicas                         {REPLICAS}");
-    println!("requests sent                    {}", REPLICAS * REQUESTS_PER_REPLICA);
+    println!(
+        "requests sent                    {}",
+        REPLICAS * REQUESTS_PER_REPLICA
+    );
     println!("  succeeded                      {ok}");
-    println!("token requests made              {}", idp.token_requests("billing"));
+    println!(
+        "token requests made              {}",
+        idp.token_requests("billing")
+    );
     for (i, manager) in replicas.iter().enumerate() {
         let m = manager.metrics();
         println!(

@@ -28,7 +28,10 @@ async fn hundred_calls_make_one_token_request() {
 async fn an_expired_token_is_replaced() {
     let server = server().await;
     let clock = ManualClock::starting_now();
-    let manager = manager_builder(&server).clock(clock.clone()).build().unwrap();
+    let manager = manager_builder(&server)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
     let first = manager.token(CLIENT).await.unwrap();
     clock.advance(Duration::from_secs(3599));
     // Past renew_at (expiry - 60 s) the old token is still handed out while one renewal runs.
@@ -46,7 +49,10 @@ async fn an_expired_token_is_replaced() {
 async fn expiry_without_renew_ahead_window_fetches_on_the_request_path() {
     let server = server().await;
     let clock = ManualClock::starting_now();
-    let manager = manager_builder(&server).clock(clock.clone()).build().unwrap();
+    let manager = manager_builder(&server)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
     let first = manager.token(CLIENT).await.unwrap();
     clock.advance(Duration::from_secs(3600));
     let second = manager.token(CLIENT).await.unwrap();
@@ -59,15 +65,24 @@ async fn expiry_without_renew_ahead_window_fetches_on_the_request_path() {
 async fn renewal_ahead_of_expiry_happens_in_the_background() {
     let server = server().await;
     let clock = ManualClock::starting_now();
-    let manager = manager_builder(&server).clock(clock.clone()).build().unwrap();
+    let manager = manager_builder(&server)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
     let first = manager.token(CLIENT).await.unwrap();
     // 3600 s token, 60 s buffer: fresh until 3540 s.
     clock.advance(Duration::from_secs(3539));
-    assert_eq!(manager.token(CLIENT).await.unwrap().secret(), first.secret());
+    assert_eq!(
+        manager.token(CLIENT).await.unwrap().secret(),
+        first.secret()
+    );
     assert_eq!(server.token_requests(CLIENT), 1);
     clock.advance(Duration::from_secs(2));
     for _ in 0..50 {
-        assert_eq!(manager.token(CLIENT).await.unwrap().secret(), first.secret());
+        assert_eq!(
+            manager.token(CLIENT).await.unwrap().secret(),
+            first.secret()
+        );
     }
     server.wait_for_token_requests(2).await;
     let renewed = loop {
@@ -77,7 +92,11 @@ async fn renewal_ahead_of_expiry_happens_in_the_background() {
         }
         tokio::task::yield_now().await;
     };
-    assert_eq!(server.token_requests(CLIENT), 2, "one background renewal for 50 callers");
+    assert_eq!(
+        server.token_requests(CLIENT),
+        2,
+        "one background renewal for 50 callers"
+    );
     assert_eq!(manager.metrics().background_renewals, 1);
     assert!(renewed.expires_at().unwrap() > first.expires_at().unwrap());
 }
@@ -93,7 +112,10 @@ async fn force_renewal_fetches_a_new_token() {
         .unwrap();
     assert_ne!(forced.secret(), first.secret());
     // The forced token replaces the cached one.
-    assert_eq!(manager.token(CLIENT).await.unwrap().secret(), forced.secret());
+    assert_eq!(
+        manager.token(CLIENT).await.unwrap().secret(),
+        forced.secret()
+    );
     assert_eq!(server.token_requests(CLIENT), 2);
 }
 
@@ -107,7 +129,11 @@ async fn concurrent_forced_renewals_share_one_request() {
     let calls = (0..20).map(|_| manager.token_with(CLIENT, &forced));
     let tokens = futures_util::future::join_all(calls).await;
     let first = tokens[0].as_ref().unwrap().secret().clone();
-    assert!(tokens.iter().all(|t| t.as_ref().unwrap().secret() == &first));
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t.as_ref().unwrap().secret() == &first)
+    );
     assert_eq!(server.token_requests(CLIENT), 2);
 }
 
@@ -122,8 +148,14 @@ async fn per_request_scope_gets_its_own_cache_entry() {
     let request = server.last_token_request(CLIENT).unwrap();
     assert_eq!(request.field("scope"), Some("invoices.admin"));
     // Each is cached under its own key.
-    assert_eq!(manager.token_with(CLIENT, &admin).await.unwrap().secret(), scoped.secret());
-    assert_eq!(manager.token(CLIENT).await.unwrap().secret(), default.secret());
+    assert_eq!(
+        manager.token_with(CLIENT, &admin).await.unwrap().secret(),
+        scoped.secret()
+    );
+    assert_eq!(
+        manager.token(CLIENT).await.unwrap().secret(),
+        default.secret()
+    );
     assert_eq!(server.token_requests(CLIENT), 2);
 }
 
@@ -174,7 +206,10 @@ async fn a_failed_request_answers_its_waiters_and_is_not_cached() {
     let manager = manager(&server);
     let calls = (0..50).map(|_| manager.token(CLIENT));
     let results = futures_util::future::join_all(calls).await;
-    assert!(results.iter().all(|r| r.is_err()), "everyone waiting shares the failure");
+    assert!(
+        results.iter().all(|r| r.is_err()),
+        "everyone waiting shares the failure"
+    );
     assert_eq!(server.token_requests(CLIENT), 1);
     // The failure is not cached: the next call asks again and succeeds.
     manager.token(CLIENT).await.unwrap();
@@ -191,9 +226,16 @@ async fn server_errors_are_retried_and_oauth_errors_are_not() {
     assert_eq!(server.token_requests(CLIENT), 3);
 
     let other = server_with_oauth_error().await;
-    let manager = manager_builder(&other).retry(RetryPolicy::new(5)).build().unwrap();
+    let manager = manager_builder(&other)
+        .retry(RetryPolicy::new(5))
+        .build()
+        .unwrap();
     let error = manager.token(CLIENT).await.unwrap_err();
-    assert_eq!(other.token_requests(CLIENT), 1, "a 4xx OAuth error is final");
+    assert_eq!(
+        other.token_requests(CLIENT),
+        1,
+        "a 4xx OAuth error is final"
+    );
     assert!(!error.is_retryable());
 }
 
@@ -222,12 +264,18 @@ async fn an_oauth_error_body_becomes_a_typed_error() {
         }) => {
             assert_eq!(*status, http::StatusCode::BAD_REQUEST);
             assert_eq!(error, "invalid_scope");
-            assert_eq!(description.as_deref(), Some("scope invoices.admin is not allowed"));
+            assert_eq!(
+                description.as_deref(),
+                Some("scope invoices.admin is not allowed")
+            );
         }
         other => panic!("expected a token endpoint error, got {other:?}"),
     }
     let shown = error.to_string();
-    assert!(shown.contains("billing") && shown.contains("invalid_scope"), "{shown}");
+    assert!(
+        shown.contains("billing") && shown.contains("invalid_scope"),
+        "{shown}"
+    );
 }
 
 #[tokio::test]
@@ -245,7 +293,10 @@ async fn wrong_client_secret_is_invalid_client() {
         .unwrap();
     let error = manager.token(CLIENT).await.unwrap_err();
     assert!(error.to_string().contains("invalid_client"), "{error}");
-    assert!(!format!("{error:?}").contains("wrong"), "the secret is never printed");
+    assert!(
+        !format!("{error:?}").contains("wrong"),
+        "the secret is never printed"
+    );
 }
 
 #[tokio::test]

@@ -41,7 +41,9 @@ async fn requests_carry_the_token_and_share_it() {
         .layer(layer(&manager, &server))
         .service(http_client());
     for _ in 0..20 {
-        let request = Request::get(server.api_url("/invoices")).body(Full::default()).unwrap();
+        let request = Request::get(server.api_url("/invoices"))
+            .body(Full::default())
+            .unwrap();
         let response = client.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(body_json(response).await["client"], CLIENT);
@@ -64,7 +66,9 @@ async fn composes_with_tower_http_layers() {
         .map_response(|r: http::Response<hyper::body::Incoming>| r.map(BodyExt::boxed))
         .layer(layer(&manager, &server))
         .service(http_client());
-    let request = Request::get(server.api_url("/x")).body(Full::default()).unwrap();
+    let request = Request::get(server.api_url("/x"))
+        .body(Full::default())
+        .unwrap();
     let response = client.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
@@ -76,8 +80,13 @@ async fn a_revoked_token_is_replaced_and_the_post_body_replayed() {
     let client = ServiceBuilder::new()
         .layer(layer(&manager, &server))
         .service(http_client());
-    let warm = Request::get(server.api_url("/warm")).body(Full::default()).unwrap();
-    assert_eq!(client.clone().oneshot(warm).await.unwrap().status(), StatusCode::OK);
+    let warm = Request::get(server.api_url("/warm"))
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(
+        client.clone().oneshot(warm).await.unwrap().status(),
+        StatusCode::OK
+    );
     server.revoke_all();
 
     let request = Request::builder()
@@ -85,7 +94,9 @@ async fn a_revoked_token_is_replaced_and_the_post_body_replayed() {
         .uri(server.api_url("/invoices"))
         .header("content-type", "application/json")
         .header("x-request-id", "42")
-        .body(Full::new(Bytes::from_static(br#"{"amount":1200,"currency":"EUR"}"#)))
+        .body(Full::new(Bytes::from_static(
+            br#"{"amount":1200,"currency":"EUR"}"#,
+        )))
         .unwrap();
     let response = client.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -105,14 +116,23 @@ async fn burst_of_1000_unauthorized_responses_costs_one_renewal() {
     let client = ServiceBuilder::new()
         .layer(layer(&manager, &server))
         .service(http_client());
-    let warm = Request::get(server.api_url("/warm")).body(Full::default()).unwrap();
-    assert_eq!(client.clone().oneshot(warm).await.unwrap().status(), StatusCode::OK);
+    let warm = Request::get(server.api_url("/warm"))
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(
+        client.clone().oneshot(warm).await.unwrap().status(),
+        StatusCode::OK
+    );
     server.revoke_all();
 
     let barrier = Arc::new(tokio::sync::Barrier::new(1000));
     let tasks: Vec<_> = (0..1000)
         .map(|i| {
-            let (client, barrier, url) = (client.clone(), barrier.clone(), server.api_url(&format!("/item/{i}")));
+            let (client, barrier, url) = (
+                client.clone(),
+                barrier.clone(),
+                server.api_url(&format!("/item/{i}")),
+            );
             tokio::spawn(async move {
                 barrier.wait().await;
                 let request = Request::get(url).body(Full::default()).unwrap();
@@ -127,7 +147,11 @@ async fn burst_of_1000_unauthorized_responses_costs_one_renewal() {
         }
     }
     assert_eq!(ok, 1000, "every request succeeds on its replay");
-    assert_eq!(server.token_requests(CLIENT), 2, "one token for the warm-up, one renewal for the burst");
+    assert_eq!(
+        server.token_requests(CLIENT),
+        2,
+        "one token for the warm-up, one renewal for the burst"
+    );
     assert_eq!(server.api_rejections(), 1000);
     assert_eq!(manager.metrics().invalidations, 1);
     assert_eq!(manager.metrics().replays, 1000);
@@ -146,10 +170,16 @@ async fn a_second_401_goes_back_to_the_caller() {
     let client = ServiceBuilder::new()
         .layer(layer(&manager, &server))
         .service(http_client());
-    let request = Request::get(server.api_url("/x")).body(Full::default()).unwrap();
+    let request = Request::get(server.api_url("/x"))
+        .body(Full::default())
+        .unwrap();
     let response = client.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(server.api_requests(), 2, "sent once, replayed once, not more");
+    assert_eq!(
+        server.api_requests(),
+        2,
+        "sent once, replayed once, not more"
+    );
     assert_eq!(server.token_requests(CLIENT), 2);
     assert_eq!(manager.metrics().replays, 1);
 }
@@ -173,7 +203,10 @@ impl Body for Chunks {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(c))))
     }
 
@@ -195,24 +228,47 @@ async fn a_streaming_body_is_sent_once_and_its_401_returned() {
     let server = server().await;
     let manager = manager(&server);
     let http = Client::builder(TokioExecutor::new()).build_http::<Chunks>();
-    let client = ServiceBuilder::new().layer(layer(&manager, &server)).service(http);
-    let warm = Request::get(server.api_url("/warm")).body(Chunks::from(Bytes::new())).unwrap();
-    assert_eq!(client.clone().oneshot(warm).await.unwrap().status(), StatusCode::OK);
+    let client = ServiceBuilder::new()
+        .layer(layer(&manager, &server))
+        .service(http);
+    let warm = Request::get(server.api_url("/warm"))
+        .body(Chunks::from(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        client.clone().oneshot(warm).await.unwrap().status(),
+        StatusCode::OK
+    );
     server.revoke_all();
 
     let stream = Chunks {
-        chunks: VecDeque::from([Bytes::from_static(b"part one, "), Bytes::from_static(b"part two")]),
+        chunks: VecDeque::from([
+            Bytes::from_static(b"part one, "),
+            Bytes::from_static(b"part two"),
+        ]),
         known_length: false,
     };
-    let request = Request::post(server.api_url("/upload")).body(stream).unwrap();
+    let request = Request::post(server.api_url("/upload"))
+        .body(stream)
+        .unwrap();
     let response = client.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert!(response.headers().contains_key(http::header::WWW_AUTHENTICATE), "the server's 401, unchanged");
-    assert_eq!(server.api_requests(), 2, "no replay of a body that was not buffered");
+    assert!(
+        response
+            .headers()
+            .contains_key(http::header::WWW_AUTHENTICATE),
+        "the server's 401, unchanged"
+    );
+    assert_eq!(
+        server.api_requests(),
+        2,
+        "no replay of a body that was not buffered"
+    );
     assert_eq!(manager.metrics().replays, 0);
 
     // The rejected token was invalidated all the same: the next request gets a new one.
-    let next = Request::post(server.api_url("/upload")).body(Chunks::from(Bytes::from_static(b"x"))).unwrap();
+    let next = Request::post(server.api_url("/upload"))
+        .body(Chunks::from(Bytes::from_static(b"x")))
+        .unwrap();
     assert_eq!(client.oneshot(next).await.unwrap().status(), StatusCode::OK);
     assert_eq!(server.token_requests(CLIENT), 2);
 }
@@ -227,8 +283,13 @@ async fn a_buffered_body_over_the_replay_limit_is_not_replayed() {
         .build()
         .unwrap();
     let client = ServiceBuilder::new().layer(layer).service(http_client());
-    let warm = Request::get(server.api_url("/warm")).body(Full::default()).unwrap();
-    assert_eq!(client.clone().oneshot(warm).await.unwrap().status(), StatusCode::OK);
+    let warm = Request::get(server.api_url("/warm"))
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(
+        client.clone().oneshot(warm).await.unwrap().status(),
+        StatusCode::OK
+    );
     server.revoke_all();
     let request = Request::post(server.api_url("/big"))
         .body(Full::new(Bytes::from(vec![b'a'; 17])))
@@ -246,10 +307,20 @@ async fn tokens_go_only_to_allowed_origins() {
     let client = ServiceBuilder::new()
         .layer(layer(&manager, &server))
         .service(http_client());
-    let request = Request::get(elsewhere.api_url("/steal")).body(Full::default()).unwrap();
+    let request = Request::get(elsewhere.api_url("/steal"))
+        .body(Full::default())
+        .unwrap();
     let response = client.clone().oneshot(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "no token was attached");
-    assert_eq!(server.token_requests(CLIENT), 0, "no token was even fetched");
+    assert_eq!(
+        response.status(),
+        StatusCode::UNAUTHORIZED,
+        "no token was attached"
+    );
+    assert_eq!(
+        server.token_requests(CLIENT),
+        0,
+        "no token was even fetched"
+    );
     assert_eq!(manager.metrics().replays, 0);
 
     // A request that brings its own Authorization keeps it.
@@ -263,18 +334,34 @@ async fn tokens_go_only_to_allowed_origins() {
 }
 
 async fn server_elsewhere() -> TestServer {
-    TestServer::builder().client("other", "other").start().await.unwrap()
+    TestServer::builder()
+        .client("other", "other")
+        .start()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn a_layer_without_allowed_origins_is_refused() {
     let server = server().await;
     let manager = manager(&server);
-    let error = AccessTokenLayer::builder(&manager, CLIENT).build().unwrap_err();
+    let error = AccessTokenLayer::builder(&manager, CLIENT)
+        .build()
+        .unwrap_err();
     assert!(matches!(error, tokenwarden::Error::Config(_)), "{error}");
-    assert!(AccessTokenLayer::builder(&manager, CLIENT).allow_any_origin().build().is_ok());
-    let unknown = AccessTokenLayer::builder(&manager, "nope").allow_any_origin().build();
-    assert!(matches!(unknown, Err(tokenwarden::Error::UnknownClient { .. })));
+    assert!(
+        AccessTokenLayer::builder(&manager, CLIENT)
+            .allow_any_origin()
+            .build()
+            .is_ok()
+    );
+    let unknown = AccessTokenLayer::builder(&manager, "nope")
+        .allow_any_origin()
+        .build();
+    assert!(matches!(
+        unknown,
+        Err(tokenwarden::Error::UnknownClient { .. })
+    ));
 }
 
 #[tokio::test]
@@ -284,14 +371,25 @@ async fn per_request_parameters_ride_in_the_extensions() {
     let mut client = ServiceBuilder::new()
         .layer(layer(&manager, &server))
         .service(http_client());
-    let mut request = Request::get(server.api_url("/admin")).body(Full::default()).unwrap();
-    request.extensions_mut().insert(TokenParams::new().scope("invoices.admin"));
+    let mut request = Request::get(server.api_url("/admin"))
+        .body(Full::default())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(TokenParams::new().scope("invoices.admin"));
     let response = client.ready().await.unwrap().call(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(server.last_token_request(CLIENT).unwrap().field("scope"), Some("invoices.admin"));
+    assert_eq!(
+        server.last_token_request(CLIENT).unwrap().field("scope"),
+        Some("invoices.admin")
+    );
 
-    let mut forced = Request::get(server.api_url("/again")).body(Full::default()).unwrap();
-    forced.extensions_mut().insert(TokenParams::new().force_renewal());
+    let mut forced = Request::get(server.api_url("/again"))
+        .body(Full::default())
+        .unwrap();
+    forced
+        .extensions_mut()
+        .insert(TokenParams::new().force_renewal());
     let response = client.ready().await.unwrap().call(forced).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(server.token_requests(CLIENT), 2);
@@ -305,9 +403,13 @@ async fn a_token_endpoint_failure_is_an_error_of_the_service() {
     let client = ServiceBuilder::new()
         .layer(layer(&manager, &server))
         .service(http_client());
-    let request = Request::get(server.api_url("/x")).body(Full::default()).unwrap();
+    let request = Request::get(server.api_url("/x"))
+        .body(Full::default())
+        .unwrap();
     let error = client.oneshot(request).await.unwrap_err();
-    let error = error.downcast_ref::<tokenwarden::Error>().expect("a tokenwarden error");
+    let error = error
+        .downcast_ref::<tokenwarden::Error>()
+        .expect("a tokenwarden error");
     assert!(error.to_string().contains("unauthorized_client"), "{error}");
     assert_eq!(server.api_requests(), 0, "nothing is sent without a token");
 }

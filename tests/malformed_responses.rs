@@ -14,7 +14,10 @@ use tokenwarden_testkit::Failure;
 async fn error_for(failure: Failure) -> tokenwarden::Error {
     let server = server().await;
     server.fail_next(failure);
-    let manager = manager_builder(&server).retry(RetryPolicy::none()).build().unwrap();
+    let manager = manager_builder(&server)
+        .retry(RetryPolicy::none())
+        .build()
+        .unwrap();
     let error = manager.token(CLIENT).await.unwrap_err();
     // Nothing was cached: the next call asks the server again and gets a real token.
     manager.token(CLIENT).await.unwrap();
@@ -25,28 +28,50 @@ async fn error_for(failure: Failure) -> tokenwarden::Error {
 #[tokio::test]
 async fn a_body_that_is_not_json() {
     let error = error_for(Failure::RawBody("<html>oops</html>".into())).await;
-    assert!(matches!(error.oauth_error(), Some(OAuthError::InvalidResponse(_))), "{error:?}");
+    assert!(
+        matches!(error.oauth_error(), Some(OAuthError::InvalidResponse(_))),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_response_without_access_token() {
-    let error = error_for(Failure::RawBody(r#"{"token_type":"Bearer","expires_in":3600}"#.into())).await;
-    assert!(matches!(error.oauth_error(), Some(OAuthError::InvalidResponse(_))), "{error:?}");
+    let error = error_for(Failure::RawBody(
+        r#"{"token_type":"Bearer","expires_in":3600}"#.into(),
+    ))
+    .await;
+    assert!(
+        matches!(error.oauth_error(), Some(OAuthError::InvalidResponse(_))),
+        "{error:?}"
+    );
     assert!(error.to_string().contains("access_token"), "{error}");
 }
 
 #[tokio::test]
 async fn a_token_with_a_line_break() {
-    let body = r#"{"access_token":"abc\r\nX-Injected: yes","token_type":"Bearer","expires_in":3600}"#;
+    let body =
+        r#"{"access_token":"abc\r\nX-Injected: yes","token_type":"Bearer","expires_in":3600}"#;
     let error = error_for(Failure::RawBody(body.into())).await;
-    assert!(matches!(error.oauth_error(), Some(OAuthError::InvalidToken(_))), "{error:?}");
-    assert!(!error.to_string().contains("Injected"), "the token value is not echoed: {error}");
+    assert!(
+        matches!(error.oauth_error(), Some(OAuthError::InvalidToken(_))),
+        "{error:?}"
+    );
+    assert!(
+        !error.to_string().contains("Injected"),
+        "the token value is not echoed: {error}"
+    );
 }
 
 #[tokio::test]
 async fn a_ten_megabyte_body() {
     let error = error_for(Failure::LargeBody(10 * 1024 * 1024)).await;
-    assert!(matches!(error.oauth_error(), Some(OAuthError::ResponseTooLarge { .. })), "{error:?}");
+    assert!(
+        matches!(
+            error.oauth_error(),
+            Some(OAuthError::ResponseTooLarge { .. })
+        ),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]
@@ -64,7 +89,10 @@ async fn a_hung_token_endpoint_times_out() {
         .build()
         .unwrap();
     let error = manager.token(CLIENT).await.unwrap_err();
-    assert!(matches!(error.oauth_error(), Some(OAuthError::Timeout(_))), "{error:?}");
+    assert!(
+        matches!(error.oauth_error(), Some(OAuthError::Timeout(_))),
+        "{error:?}"
+    );
     assert!(error.is_retryable());
 }
 
@@ -87,6 +115,13 @@ async fn expires_in_as_a_string_is_accepted() {
     let token = manager.token(CLIENT).await.unwrap();
     assert_eq!(token.expose_secret(), "tk_string_expiry");
     assert_eq!(token.token_type(), &tokenwarden::TokenType::Bearer);
-    let lifetime = token.expires_at().unwrap().duration_since(std::time::SystemTime::now()).unwrap();
-    assert!(lifetime <= Duration::from_secs(120) && lifetime > Duration::from_secs(100), "{lifetime:?}");
+    let lifetime = token
+        .expires_at()
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        lifetime <= Duration::from_secs(120) && lifetime > Duration::from_secs(100),
+        "{lifetime:?}"
+    );
 }

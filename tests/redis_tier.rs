@@ -17,7 +17,9 @@ use tokenwarden_testkit::{RedisServer, TestServer};
 use tower::{ServiceBuilder, ServiceExt};
 
 async fn redis() -> RedisServer {
-    RedisServer::start().await.expect("redis-server runs (scripts/test.sh installs it)")
+    RedisServer::start()
+        .await
+        .expect("redis-server runs (scripts/test.sh installs it)")
 }
 
 fn cache(redis: &RedisServer) -> RedisTokenCache {
@@ -55,7 +57,11 @@ async fn commands_processed(redis: &RedisServer) -> u64 {
         .find(|l| l.starts_with("total_commands_processed:"))
         .unwrap();
     // Minus the INFO command that asked.
-    line["total_commands_processed:".len()..].trim().parse::<u64>().unwrap() - 1
+    line["total_commands_processed:".len()..]
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+        - 1
 }
 
 #[tokio::test]
@@ -70,7 +76,11 @@ async fn two_managers_share_one_token() {
     assert_eq!(server.token_requests(CLIENT), 1);
     assert_eq!(b.metrics().shared_cache_hits, 1);
     // The key the manager uses is the one documented: namespace, version, client, client id.
-    let stored: Option<Vec<u8>> = raw(&redis).await.get(default_key(&server, &cache(&redis))).await.unwrap();
+    let stored: Option<Vec<u8>> = raw(&redis)
+        .await
+        .get(default_key(&server, &cache(&redis)))
+        .await
+        .unwrap();
     assert!(stored.is_some());
 }
 
@@ -84,7 +94,11 @@ async fn a_token_fresh_in_memory_costs_no_redis_round_trip() {
     for _ in 0..100 {
         manager.token(CLIENT).await.unwrap();
     }
-    assert_eq!(commands_processed(&redis).await - 1, before, "only our own INFO reached Redis");
+    assert_eq!(
+        commands_processed(&redis).await - 1,
+        before,
+        "only our own INFO reached Redis"
+    );
 }
 
 #[tokio::test]
@@ -97,15 +111,27 @@ async fn a_401_on_one_manager_renews_once_for_all() {
     assert_eq!(b.token(CLIENT).await.unwrap().secret(), old.secret());
     server.revoke_all();
     // Manager A hears of the 401 first: it removes the shared entry (it still holds that token).
-    assert!(a.invalidate(CLIENT, &TokenParams::new(), &old).await.unwrap());
+    assert!(
+        a.invalidate(CLIENT, &TokenParams::new(), &old)
+            .await
+            .unwrap()
+    );
     let new = a.token(CLIENT).await.unwrap();
     assert_ne!(new.secret(), old.secret());
     // Manager B's 401 for the same old token finds the new one in Redis: no request of its own.
-    assert!(b.invalidate(CLIENT, &TokenParams::new(), &old).await.unwrap());
+    assert!(
+        b.invalidate(CLIENT, &TokenParams::new(), &old)
+            .await
+            .unwrap()
+    );
     assert_eq!(b.token(CLIENT).await.unwrap().secret(), new.secret());
     assert_eq!(server.token_requests(CLIENT), 2);
     // A stale report of the old token cannot remove the new one from Redis.
-    assert!(!a.invalidate(CLIENT, &TokenParams::new(), &old).await.unwrap());
+    assert!(
+        !a.invalidate(CLIENT, &TokenParams::new(), &old)
+            .await
+            .unwrap()
+    );
     let c = shared_manager(&server, cache(&redis));
     assert_eq!(c.token(CLIENT).await.unwrap().secret(), new.secret());
     assert_eq!(server.token_requests(CLIENT), 2);
@@ -118,10 +144,17 @@ async fn a_redis_outage_fails_no_request_and_redis_is_used_again_after_restart()
     let shared = cache(&redis);
     let manager = shared_manager(&server, shared.clone());
     let client = ServiceBuilder::new()
-        .layer(AccessTokenLayer::builder(&manager, CLIENT).allow_origin(&server.base_url()).build().unwrap())
+        .layer(
+            AccessTokenLayer::builder(&manager, CLIENT)
+                .allow_origin(&server.base_url())
+                .build()
+                .unwrap(),
+        )
         .service(common::http_client());
     let send = |path: &str| {
-        let request = Request::get(server.api_url(path)).body(Full::default()).unwrap();
+        let request = Request::get(server.api_url(path))
+            .body(Full::default())
+            .unwrap();
         client.clone().oneshot(request)
     };
     assert_eq!(send("/before").await.unwrap().status(), StatusCode::OK);
@@ -155,7 +188,10 @@ async fn a_redis_outage_fails_no_request_and_redis_is_used_again_after_restart()
         if stored.is_some() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "Redis was not used again after its restart");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis was not used again after its restart"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(shared.is_available());
@@ -171,9 +207,16 @@ async fn a_corrupt_shared_value_is_a_miss_and_is_replaced() {
     let _: () = con.set_ex(&key, "not a token entry", 600).await.unwrap();
     let manager = shared_manager(&server, shared);
     let token = manager.token(CLIENT).await.unwrap();
-    assert_eq!(server.token_requests(CLIENT), 1, "the corrupt value was refetched");
+    assert_eq!(
+        server.token_requests(CLIENT),
+        1,
+        "the corrupt value was refetched"
+    );
     let stored: Vec<u8> = con.get(&key).await.unwrap();
-    assert!(String::from_utf8_lossy(&stored).contains(token.expose_secret()), "and replaced");
+    assert!(
+        String::from_utf8_lossy(&stored).contains(token.expose_secret()),
+        "and replaced"
+    );
 }
 
 #[tokio::test]
@@ -189,7 +232,10 @@ async fn with_encryption_the_raw_value_does_not_contain_the_token() {
     let token = manager.token(CLIENT).await.unwrap();
     let stored: Vec<u8> = raw(&redis).await.get(&key).await.unwrap();
     let needle = token.expose_secret().as_bytes();
-    assert!(!stored.windows(needle.len()).any(|w| w == needle), "the token is not in Redis in clear");
+    assert!(
+        !stored.windows(needle.len()).any(|w| w == needle),
+        "the token is not in Redis in clear"
+    );
     // Another replica with the key reads it back without a token request.
     let other = shared_manager(&server, encrypted);
     assert_eq!(other.token(CLIENT).await.unwrap().secret(), token.secret());

@@ -36,7 +36,11 @@ pub trait TokenCache: Send + Sync + fmt::Debug + 'static {
     fn get<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<Option<CachedToken>, Error>>;
 
     /// Stores `token` under `key` until its [`renew_at`](CachedToken::renew_at) moment.
-    fn put<'a>(&'a self, key: &'a CacheKey, token: &'a CachedToken) -> BoxFuture<'a, Result<(), Error>>;
+    fn put<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        token: &'a CachedToken,
+    ) -> BoxFuture<'a, Result<(), Error>>;
 
     /// Removes whatever is stored under `key`.
     fn remove<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Result<(), Error>>;
@@ -64,13 +68,21 @@ pub trait TokenCache: Send + Sync + fmt::Debug + 'static {
     /// Asks for the right to fetch the next token for `key`, for at most `ttl`.
     ///
     /// The default answers [`Lease::NotShared`]: in-process single-flight is the manager's job.
-    fn try_lease<'a>(&'a self, key: &'a CacheKey, ttl: Duration) -> BoxFuture<'a, Result<Lease, Error>> {
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Lease, Error>> {
         let _ = (key, ttl);
         Box::pin(async { Ok(Lease::NotShared) })
     }
 
     /// Gives back a lease from [`try_lease`](TokenCache::try_lease), only if it is still this caller's.
-    fn release_lease<'a>(&'a self, key: &'a CacheKey, lease: &'a Lease) -> BoxFuture<'a, Result<(), Error>> {
+    fn release_lease<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        lease: &'a Lease,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         let _ = (key, lease);
         Box::pin(async { Ok(()) })
     }
@@ -81,7 +93,11 @@ impl<T: TokenCache + ?Sized> TokenCache for Arc<T> {
         (**self).get(key)
     }
 
-    fn put<'a>(&'a self, key: &'a CacheKey, token: &'a CachedToken) -> BoxFuture<'a, Result<(), Error>> {
+    fn put<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        token: &'a CachedToken,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         (**self).put(key, token)
     }
 
@@ -97,11 +113,19 @@ impl<T: TokenCache + ?Sized> TokenCache for Arc<T> {
         (**self).remove_if(key, token)
     }
 
-    fn try_lease<'a>(&'a self, key: &'a CacheKey, ttl: Duration) -> BoxFuture<'a, Result<Lease, Error>> {
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Lease, Error>> {
         (**self).try_lease(key, ttl)
     }
 
-    fn release_lease<'a>(&'a self, key: &'a CacheKey, lease: &'a Lease) -> BoxFuture<'a, Result<(), Error>> {
+    fn release_lease<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        lease: &'a Lease,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         (**self).release_lease(key, lease)
     }
 }

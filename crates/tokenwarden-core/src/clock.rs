@@ -86,7 +86,9 @@ impl Clock for ManualClock {
 
 impl fmt::Debug for ManualClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ManualClock").field("now", &self.now()).finish()
+        f.debug_struct("ManualClock")
+            .field("now", &self.now())
+            .finish()
     }
 }
 
@@ -100,7 +102,10 @@ mod tests {
         let coarse = SystemClock.now_coarse();
         let precise_after = SystemClock.now();
         assert!(coarse <= precise_after, "coarse time is never ahead");
-        assert!(coarse + COARSE_CLOCK_LAG >= precise_before, "and lags by less than the bound");
+        assert!(
+            coarse + COARSE_CLOCK_LAG >= precise_before,
+            "and lags by less than the bound"
+        );
     }
 
     #[test]

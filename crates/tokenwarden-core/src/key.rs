@@ -121,10 +121,17 @@ impl CacheKeyBuilder {
             fields.push((false, "resource", values));
         }
         if !self.scopes.is_empty() {
-            fields.push((false, "scope", self.scopes.iter().map(String::as_str).collect()));
+            fields.push((
+                false,
+                "scope",
+                self.scopes.iter().map(String::as_str).collect(),
+            ));
         }
         for (name, value) in &self.parts {
-            match fields.iter_mut().find(|(p, n, _)| *p && *n == name.as_str()) {
+            match fields
+                .iter_mut()
+                .find(|(p, n, _)| *p && *n == name.as_str())
+            {
                 Some((_, _, values)) => values.push(value),
                 None => fields.push((true, name.as_str(), vec![value])),
             }
@@ -177,7 +184,10 @@ mod tests {
             key.as_str(),
             "tokenwarden:v1:billing;resource=https%3A%2F%2Fapi.example.com%2F;scope=invoices.read,invoices.write;x.audience=api"
         );
-        assert_eq!(CacheKey::builder("a b").build().as_str(), "tokenwarden:v1:a%20b");
+        assert_eq!(
+            CacheKey::builder("a b").build().as_str(),
+            "tokenwarden:v1:a%20b"
+        );
         assert_eq!(
             CacheKey::builder("c").namespace("ns").build().as_str(),
             "ns:v1:c"

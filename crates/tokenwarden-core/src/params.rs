@@ -87,7 +87,10 @@ impl TokenParams {
 
     /// Whether these parameters ask for the client's configured token (the key is the client's default).
     pub fn uses_default_key(&self) -> bool {
-        self.scopes.is_none() && self.resources.is_none() && self.audience.is_none() && self.extra.is_empty()
+        self.scopes.is_none()
+            && self.resources.is_none()
+            && self.audience.is_none()
+            && self.extra.is_empty()
     }
 }
 
@@ -106,6 +109,9 @@ mod tests {
     #[test]
     fn scope_splits_on_whitespace() {
         let p = TokenParams::new().scope("a  b").scope("c");
-        assert_eq!(p.scopes(), Some(&["a".to_owned(), "b".to_owned(), "c".to_owned()][..]));
+        assert_eq!(
+            p.scopes(),
+            Some(&["a".to_owned(), "b".to_owned(), "c".to_owned()][..])
+        );
     }
 }

@@ -181,7 +181,10 @@ impl CachedToken {
 
     /// How long a cache should keep the entry from `now`: `None` when it is already due for renewal.
     pub fn cache_ttl(&self, now: SystemTime) -> Option<Duration> {
-        self.renew_at.duration_since(now).ok().filter(|d| !d.is_zero())
+        self.renew_at
+            .duration_since(now)
+            .ok()
+            .filter(|d| !d.is_zero())
     }
 }
 
@@ -199,12 +202,24 @@ mod tests {
 
     #[test]
     fn rejects_values_that_are_not_header_safe() {
-        for bad in ["", "abc\r\nX-Evil: 1", "abc\n", "a b", "a\tb", "a\u{0}b", "a\u{7f}", "tökén"] {
+        for bad in [
+            "",
+            "abc\r\nX-Evil: 1",
+            "abc\n",
+            "a b",
+            "a\tb",
+            "a\u{0}b",
+            "a\u{7f}",
+            "tökén",
+        ] {
             let err = AccessToken::new(bad, TokenType::Bearer).unwrap_err();
             assert!(matches!(err, Error::InvalidToken(_)), "{bad:?} gave {err}");
         }
         let crlf = AccessToken::new("abc\r\n", TokenType::Bearer).unwrap_err();
-        assert_eq!(crlf.to_string(), "invalid access token: the token contains a line break");
+        assert_eq!(
+            crlf.to_string(),
+            "invalid access token: the token contains a line break"
+        );
         assert!(AccessToken::new("eyJ0.eyJ1-_~+/=", TokenType::Bearer).is_ok());
     }
 
@@ -220,7 +235,11 @@ mod tests {
     fn cached_token_freshness_and_ttl() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let token = AccessToken::new("t", TokenType::Bearer).unwrap();
-        let c = CachedToken::new(token, t0 + Duration::from_secs(100), t0 + Duration::from_secs(40));
+        let c = CachedToken::new(
+            token,
+            t0 + Duration::from_secs(100),
+            t0 + Duration::from_secs(40),
+        );
         assert!(c.is_fresh(t0));
         assert_eq!(c.cache_ttl(t0), Some(Duration::from_secs(40)));
         let later = t0 + Duration::from_secs(50);
@@ -234,7 +253,11 @@ mod tests {
     fn renew_at_never_exceeds_expiry() {
         let t0 = SystemTime::UNIX_EPOCH;
         let token = AccessToken::new("t", TokenType::Bearer).unwrap();
-        let c = CachedToken::new(token, t0 + Duration::from_secs(10), t0 + Duration::from_secs(20));
+        let c = CachedToken::new(
+            token,
+            t0 + Duration::from_secs(10),
+            t0 + Duration::from_secs(20),
+        );
         assert_eq!(c.renew_at(), c.expires_at());
     }
 }

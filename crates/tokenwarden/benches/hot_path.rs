@@ -24,9 +24,13 @@ use tower_http::auth::AddAuthorizationLayer;
 
 const TASKS: usize = 64;
 
-fn noop() -> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone + Send
-{
-    tower::service_fn(|_req: Request<Full<Bytes>>| async { Ok::<_, Infallible>(Response::new(Full::default())) })
+fn noop()
+-> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
++ Clone
++ Send {
+    tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Full::default()))
+    })
 }
 
 fn request(uri: &Uri) -> Request<Full<Bytes>> {
@@ -37,12 +41,17 @@ fn request(uri: &Uri) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-async fn warm_manager(server: &TestServer, configure: impl FnOnce(TokenManagerBuilder) -> TokenManagerBuilder) -> TokenManager {
+async fn warm_manager(
+    server: &TestServer,
+    configure: impl FnOnce(TokenManagerBuilder) -> TokenManagerBuilder,
+) -> TokenManager {
     let client = ClientCredentials::builder(&server.token_endpoint(), "bench")
         .client_secret("bench-secret")
         .build()
         .unwrap();
-    let manager = configure(TokenManager::builder().client("bench", client)).build().unwrap();
+    let manager = configure(TokenManager::builder().client("bench", client))
+        .build()
+        .unwrap();
     manager.token("bench").await.unwrap();
     manager
 }
@@ -62,7 +71,13 @@ where
             let (mut service, uri) = (service.clone(), uri.to_string().parse::<Uri>().unwrap());
             tokio::spawn(async move {
                 for _ in 0..per_task {
-                    let response = service.ready().await.unwrap().call(request(&uri)).await.unwrap();
+                    let response = service
+                        .ready()
+                        .await
+                        .unwrap()
+                        .call(request(&uri))
+                        .await
+                        .unwrap();
                     std::hint::black_box(response);
                 }
             })
@@ -71,7 +86,9 @@ where
     for task in tasks {
         task.await.unwrap();
     }
-    start.elapsed().mul_f64(count as f64 / (per_task * TASKS as u64) as f64)
+    start
+        .elapsed()
+        .mul_f64(count as f64 / (per_task * TASKS as u64) as f64)
 }
 
 fn layer_vs_static(c: &mut Criterion) {
@@ -80,7 +97,13 @@ fn layer_vs_static(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let server = setup.block_on(TestServer::builder().client("bench", "bench-secret").start()).unwrap();
+    let server = setup
+        .block_on(
+            TestServer::builder()
+                .client("bench", "bench-secret")
+                .start(),
+        )
+        .unwrap();
     let manager = setup.block_on(warm_manager(&server, |b| b));
     let uri: Uri = server.api_url("/resource").parse().unwrap();
     let layer = AccessTokenLayer::builder(&manager, "bench")
@@ -99,11 +122,15 @@ fn layer_vs_static(c: &mut Criterion) {
     group.bench_function("tokenwarden_layer", |b| {
         b.iter(|| run_ready(send(&mut tokenwarden, request(&uri))))
     });
-    let mut without_replay = ServiceBuilder::new().layer(no_replay.clone()).service(noop());
+    let mut without_replay = ServiceBuilder::new()
+        .layer(no_replay.clone())
+        .service(noop());
     group.bench_function("tokenwarden_layer_no_replay", |b| {
         b.iter(|| run_ready(send(&mut without_replay, request(&uri))))
     });
-    let mut fixed = ServiceBuilder::new().layer(AddAuthorizationLayer::bearer(&token)).service(noop());
+    let mut fixed = ServiceBuilder::new()
+        .layer(AddAuthorizationLayer::bearer(&token))
+        .service(noop());
     group.bench_function("static_add_authorization", |b| {
         b.iter(|| run_ready(send(&mut fixed, request(&uri))))
     });
@@ -120,7 +147,9 @@ fn layer_vs_static(c: &mut Criterion) {
         b.to_async(&setup)
             .iter_custom(|iters| concurrent(without_replay.clone(), uri.clone(), iters))
     });
-    let fixed = ServiceBuilder::new().layer(AddAuthorizationLayer::bearer(&token)).service(noop());
+    let fixed = ServiceBuilder::new()
+        .layer(AddAuthorizationLayer::bearer(&token))
+        .service(noop());
     group.bench_function("static_add_authorization", |b| {
         b.to_async(&setup)
             .iter_custom(|iters| concurrent(fixed.clone(), uri.clone(), iters))
@@ -148,7 +177,10 @@ fn run_ready<F: Future>(future: F) -> F::Output {
 }
 
 fn manager_token(rt: &tokio::runtime::Runtime, manager: &TokenManager) -> String {
-    rt.block_on(manager.token("bench")).unwrap().expose_secret().to_owned()
+    rt.block_on(manager.token("bench"))
+        .unwrap()
+        .expose_secret()
+        .to_owned()
 }
 
 fn redis_tier(c: &mut Criterion) {
@@ -164,13 +196,24 @@ fn redis_tier(c: &mut Criterion) {
             return;
         }
     };
-    let server = rt.block_on(TestServer::builder().client("bench", "bench-secret").start()).unwrap();
+    let server = rt
+        .block_on(
+            TestServer::builder()
+                .client("bench", "bench-secret")
+                .start(),
+        )
+        .unwrap();
     let uri: Uri = server.api_url("/resource").parse().unwrap();
-    let cache = tokenwarden_redis::RedisTokenCache::builder(&redis.url()).build().unwrap();
+    let cache = tokenwarden_redis::RedisTokenCache::builder(&redis.url())
+        .build()
+        .unwrap();
     let memory_only = rt.block_on(warm_manager(&server, |b| b));
     let with_redis = rt.block_on(warm_manager(&server, |b| b.shared_cache(cache)));
     let mut group = c.benchmark_group("redis_tier");
-    for (name, manager) in [("layer_memory_only", &memory_only), ("layer_with_redis_tier", &with_redis)] {
+    for (name, manager) in [
+        ("layer_memory_only", &memory_only),
+        ("layer_with_redis_tier", &with_redis),
+    ] {
         let layer = AccessTokenLayer::builder(manager, "bench")
             .allow_origin(&server.base_url())
             .build()
@@ -189,7 +232,10 @@ fn redis_tier(c: &mut Criterion) {
     });
     group.finish();
     let requests = server.token_requests("bench");
-    assert!(requests <= 3, "the Redis hits did not go to the token endpoint ({requests} token requests)");
+    assert!(
+        requests <= 3,
+        "the Redis hits did not go to the token endpoint ({requests} token requests)"
+    );
     drop(redis);
 }
 

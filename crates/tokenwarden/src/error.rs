@@ -48,6 +48,7 @@ impl Error {
 
     /// Whether trying again later may succeed (server errors, transport failures, timeouts).
     pub fn is_retryable(&self) -> bool {
-        self.oauth_error().is_some_and(tokenwarden_oauth::Error::is_retryable)
+        self.oauth_error()
+            .is_some_and(tokenwarden_oauth::Error::is_retryable)
     }
 }

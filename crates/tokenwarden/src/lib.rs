@@ -11,8 +11,8 @@ pub use layer::{AccessTokenLayer, AccessTokenLayerBuilder, AccessTokenService};
 pub use manager::{Metrics, RetryPolicy, TokenManager, TokenManagerBuilder};
 
 pub use tokenwarden_core::{
-    AccessToken, CacheKey, CachedToken, Clock, Lease, ManualClock, Secret, SystemClock, TokenCache, TokenParams,
-    TokenType,
+    AccessToken, CacheKey, CachedToken, Clock, Lease, ManualClock, Secret, SystemClock, TokenCache,
+    TokenParams, TokenType,
 };
 pub use tokenwarden_memory::MemoryTokenCache;
 pub use tokenwarden_oauth::{ClientAuth, ClientCredentials, OAuthClient};

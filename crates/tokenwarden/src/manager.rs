@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use tokenwarden_core::{
-    AccessToken, COARSE_CLOCK_LAG, CacheKey, CachedToken, Clock, Lease, Secret, SystemClock, TokenCache, TokenParams,
+    AccessToken, COARSE_CLOCK_LAG, CacheKey, CachedToken, Clock, Lease, Secret, SystemClock,
+    TokenCache, TokenParams,
 };
 use tokenwarden_oauth::{ClientCredentials, OAuthClient, TokenResponse};
 
@@ -205,7 +206,10 @@ pub struct TokenManagerBuilder {
 impl fmt::Debug for TokenManagerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenManagerBuilder")
-            .field("clients", &self.clients.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field(
+                "clients",
+                &self.clients.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .field("shared_cache", &self.shared)
             .field("renew_before", &self.renew_before)
             .field("retry", &self.retry)
@@ -289,8 +293,9 @@ impl TokenManagerBuilder {
     pub fn build(self) -> Result<TokenManager, Error> {
         let oauth = match self.oauth {
             Some(oauth) => oauth,
-            None => OAuthClient::new()
-                .map_err(|e| Error::Config(format!("cannot build the default HTTP transport: {e}")))?,
+            None => OAuthClient::new().map_err(|e| {
+                Error::Config(format!("cannot build the default HTTP transport: {e}"))
+            })?,
         };
         let mut clients = HashMap::with_capacity(self.clients.len());
         for (name, config) in self.clients {
@@ -303,7 +308,9 @@ impl TokenManagerBuilder {
                 default_slot: Arc::new(Slot::new(key, params)),
             });
             if clients.insert(name.clone(), entry).is_some() {
-                return Err(Error::Config(format!("client `{name}` is registered twice")));
+                return Err(Error::Config(format!(
+                    "client `{name}` is registered twice"
+                )));
             }
         }
         Ok(TokenManager {
@@ -364,17 +371,28 @@ impl TokenManager {
     }
 
     /// A valid token for per-request parameters (force renewal, scope, resource, extra parameters).
-    pub async fn token_with(&self, client: &str, params: &TokenParams) -> Result<AccessToken, Error> {
+    pub async fn token_with(
+        &self,
+        client: &str,
+        params: &TokenParams,
+    ) -> Result<AccessToken, Error> {
         let client = self.client(client)?;
         let slot = self.slot_for(&client, params);
-        let entry = self.entry(&client, &slot, params.is_force_renewal()).await?;
+        let entry = self
+            .entry(&client, &slot, params.is_force_renewal())
+            .await?;
         Ok(entry.cached.token().clone())
     }
 
     /// Compare-and-invalidate: forgets the cached token for these parameters only if it is still
     /// `token` (the one a resource server rejected), here and in the shared cache. Returns whether
     /// it did; a burst of callers reporting the same token invalidates it once.
-    pub async fn invalidate(&self, client: &str, params: &TokenParams, token: &AccessToken) -> Result<bool, Error> {
+    pub async fn invalidate(
+        &self,
+        client: &str,
+        params: &TokenParams,
+        token: &AccessToken,
+    ) -> Result<bool, Error> {
         let client = self.client(client)?;
         let Some(slot) = self.existing_slot(&client, params) else {
             return Ok(false);
@@ -389,7 +407,10 @@ impl TokenManager {
     pub fn purge_local(&self) {
         for client in self.inner.clients.values() {
             client.default_slot.current.store(None);
-            client.default_slot.generation.fetch_add(1, Ordering::AcqRel);
+            client
+                .default_slot
+                .generation
+                .fetch_add(1, Ordering::AcqRel);
         }
         lock(&self.inner.slots).clear();
     }
@@ -416,7 +437,9 @@ impl TokenManager {
             .clients
             .get(name)
             .cloned()
-            .ok_or_else(|| Error::UnknownClient { client: name.into() })
+            .ok_or_else(|| Error::UnknownClient {
+                client: name.into(),
+            })
     }
 
     pub(crate) fn now(&self) -> SystemTime {
@@ -498,7 +521,12 @@ impl TokenManager {
         }
     }
 
-    pub(crate) async fn entry(&self, client: &Arc<ClientEntry>, slot: &Arc<Slot>, force: bool) -> Result<Arc<Entry>, Error> {
+    pub(crate) async fn entry(
+        &self,
+        client: &Arc<ClientEntry>,
+        slot: &Arc<Slot>,
+        force: bool,
+    ) -> Result<Arc<Entry>, Error> {
         if !force && let Some(entry) = slot.current.load_full() {
             let now = self.now();
             if entry.cached.is_fresh(now) {
@@ -513,7 +541,12 @@ impl TokenManager {
     }
 
     /// The single-flight section: one caller per slot fetches, the others share its outcome.
-    async fn acquire(&self, client: &ClientEntry, slot: &Slot, force: bool) -> Result<Arc<Entry>, Error> {
+    async fn acquire(
+        &self,
+        client: &ClientEntry,
+        slot: &Slot,
+        force: bool,
+    ) -> Result<Arc<Entry>, Error> {
         let seen = slot.generation.load(Ordering::Acquire);
         let previous = slot.current.load_full();
         let _flight = slot.flight.lock().await;
@@ -532,7 +565,10 @@ impl TokenManager {
         {
             return Err(failure.error.clone());
         }
-        match self.fetch_through_shared(client, slot, force, previous.as_deref()).await {
+        match self
+            .fetch_through_shared(client, slot, force, previous.as_deref())
+            .await
+        {
             Ok(entry) => {
                 let entry = Arc::new(entry);
                 slot.current.store(Some(entry.clone()));
@@ -579,7 +615,11 @@ impl TokenManager {
     }
 
     /// Compare-and-invalidate on one slot; `matches` says whether the current entry is the one that failed.
-    pub(crate) async fn invalidate_if(&self, slot: &Slot, matches: impl Fn(&Entry) -> bool) -> bool {
+    pub(crate) async fn invalidate_if(
+        &self,
+        slot: &Slot,
+        matches: impl Fn(&Entry) -> bool,
+    ) -> bool {
         let current = slot.current.load();
         let Some(entry) = current.as_ref().filter(|e| matches(e)).cloned() else {
             return false;
@@ -591,11 +631,17 @@ impl TokenManager {
         slot.generation.fetch_add(1, Ordering::AcqRel);
         slot.rejected
             .store(Some(Arc::new(entry.cached.token().secret().clone())));
-        self.inner.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .invalidations
+            .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(key = %slot.key, token = %entry.cached.token().secret().fingerprint(), "invalidated a rejected token");
         if let Some(shared) = &self.inner.shared {
-            self.bounded(shared.remove_if(&slot.key, entry.cached.token()), "remove_if")
-                .await;
+            self.bounded(
+                shared.remove_if(&slot.key, entry.cached.token()),
+                "remove_if",
+            )
+            .await;
         }
         true
     }
@@ -621,11 +667,15 @@ impl TokenManager {
         let from_shared = |cached: Option<CachedToken>| -> Option<Entry> {
             let cached = cached.filter(|c| acceptable(c, self.now()))?;
             let entry = self.entry_from_cached(cached).ok()?;
-            self.inner.counters.shared_hits.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .counters
+                .shared_hits
+                .fetch_add(1, Ordering::Relaxed);
             Some(entry)
         };
         if !force
-            && let Some(entry) = from_shared(self.bounded(shared.get(&slot.key), "get").await.flatten())
+            && let Some(entry) =
+                from_shared(self.bounded(shared.get(&slot.key), "get").await.flatten())
         {
             return Ok(entry);
         }
@@ -633,7 +683,10 @@ impl TokenManager {
         let mut backoff = Duration::from_millis(5);
         loop {
             match self
-                .bounded(shared.try_lease(&slot.key, self.inner.lease_ttl), "try_lease")
+                .bounded(
+                    shared.try_lease(&slot.key, self.inner.lease_ttl),
+                    "try_lease",
+                )
                 .await
             {
                 Some(lease @ Lease::Acquired(_)) => {
@@ -650,7 +703,9 @@ impl TokenManager {
                 Some(Lease::HeldElsewhere) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(100));
-                    if let Some(entry) = from_shared(self.bounded(shared.get(&slot.key), "get").await.flatten()) {
+                    if let Some(entry) =
+                        from_shared(self.bounded(shared.get(&slot.key), "get").await.flatten())
+                    {
                         return Ok(entry);
                     }
                 }
@@ -658,19 +713,31 @@ impl TokenManager {
                     tracing::debug!(key = %slot.key, "gave up waiting for another replica's token");
                     return self.fetch_and_share(client, slot, &shared).await;
                 }
-                Some(Lease::NotShared) | None => return self.fetch_and_share(client, slot, &shared).await,
+                Some(Lease::NotShared) | None => {
+                    return self.fetch_and_share(client, slot, &shared).await;
+                }
             }
         }
     }
 
-    async fn fetch_and_share(&self, client: &ClientEntry, slot: &Slot, shared: &Arc<dyn TokenCache>) -> Result<Entry, Error> {
+    async fn fetch_and_share(
+        &self,
+        client: &ClientEntry,
+        slot: &Slot,
+        shared: &Arc<dyn TokenCache>,
+    ) -> Result<Entry, Error> {
         let entry = self.fetch(client, slot).await?;
-        self.bounded(shared.put(&slot.key, &entry.cached), "put").await;
+        self.bounded(shared.put(&slot.key, &entry.cached), "put")
+            .await;
         Ok(entry)
     }
 
     /// Runs a shared-cache call with the manager's timeout; any failure is a miss (`None`).
-    async fn bounded<T>(&self, call: impl Future<Output = Result<T, tokenwarden_core::Error>>, op: &'static str) -> Option<T> {
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, tokenwarden_core::Error>>,
+        op: &'static str,
+    ) -> Option<T> {
         match tokio::time::timeout(self.inner.cache_timeout, call).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(error)) => {
@@ -688,7 +755,10 @@ impl TokenManager {
     async fn fetch(&self, client: &ClientEntry, slot: &Slot) -> Result<Entry, Error> {
         let mut attempt = 0;
         loop {
-            self.inner.counters.token_requests.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .counters
+                .token_requests
+                .fetch_add(1, Ordering::Relaxed);
             let sent_at = self.now();
             let result = self
                 .inner
@@ -715,7 +785,12 @@ impl TokenManager {
         }
     }
 
-    fn entry_from_response(&self, client: &ClientEntry, response: TokenResponse, sent_at: SystemTime) -> Result<Entry, Error> {
+    fn entry_from_response(
+        &self,
+        client: &ClientEntry,
+        response: TokenResponse,
+        sent_at: SystemTime,
+    ) -> Result<Entry, Error> {
         let lifetime = response
             .expires_in()
             .unwrap_or_else(|| client.config.default_lifetime());
@@ -728,10 +803,10 @@ impl TokenManager {
         tracing::debug!(client = %client.name, token = %token.secret().fingerprint(), ?lifetime, "token obtained");
         self.entry_from_cached(CachedToken::new(token, expires_at, renew_at))
             .map_err(|error| Error::Token {
-            client: client.name.clone(),
-            grant: GRANT_CLIENT_CREDENTIALS,
-            source: Arc::new(error),
-        })
+                client: client.name.clone(),
+                grant: GRANT_CLIENT_CREDENTIALS,
+                source: Arc::new(error),
+            })
     }
 }
 
@@ -771,7 +846,12 @@ fn same_entry(a: Option<&Arc<Entry>>, b: &Arc<Entry>) -> bool {
 }
 
 /// The cache key of a client's token for some parameters: what the token request will contain.
-fn cache_key(namespace: &str, name: &str, config: &ClientCredentials, params: &TokenParams) -> CacheKey {
+fn cache_key(
+    namespace: &str,
+    name: &str,
+    config: &ClientCredentials,
+    params: &TokenParams,
+) -> CacheKey {
     let scopes = params.scopes().unwrap_or(config.scopes());
     let resources = params.resources().unwrap_or(config.resources());
     let mut key = CacheKey::builder(name)
@@ -795,7 +875,8 @@ fn cache_key(namespace: &str, name: &str, config: &ClientCredentials, params: &T
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -203,7 +203,9 @@ where
                     ready,
                     cached,
                 } => {
-                    let body = ready!(collect.as_mut().poll(cx)).map_err(Into::into)?.to_bytes();
+                    let body = ready!(collect.as_mut().poll(cx))
+                        .map_err(Into::into)?
+                        .to_bytes();
                     let (Some(parts), Some(mut service)) = (parts.take(), ready.take()) else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
@@ -229,7 +231,11 @@ where
                         }
                     }
                 }
-                StateProj::AwaitingToken { token, request, ready } => {
+                StateProj::AwaitingToken {
+                    token,
+                    request,
+                    ready,
+                } => {
                     let (header, id) = ready!(token.as_mut().poll(cx))?;
                     let (Some(request), Some(mut service)) = (request.take(), ready.take()) else {
                         return Poll::Ready(Err(polled_after_completion()));
@@ -249,13 +255,15 @@ where
                         return Poll::Ready(Ok(response));
                     };
                     if this.replay_service.is_some() && this.captured.is_some() {
-                        let token = renew_after_rejection(shared, this.params.as_deref().cloned(), sent);
+                        let token =
+                            renew_after_rejection(shared, this.params.as_deref().cloned(), sent);
                         this.state.set(State::Renewing {
                             token,
                             response: Some(Box::new(response)),
                         });
                     } else {
-                        let invalidate = invalidate_rejected(shared, this.params.as_deref().cloned(), sent);
+                        let invalidate =
+                            invalidate_rejected(shared, this.params.as_deref().cloned(), sent);
                         this.state.set(State::Invalidating {
                             invalidate,
                             response: Some(Box::new(response)),
@@ -275,16 +283,34 @@ where
                         }
                         (Err(error), _) => {
                             tracing::warn!(%error, "no new token after a 401; returning the 401");
-                            return Poll::Ready(response.take().map(|r| *r).ok_or_else(polled_after_completion));
+                            return Poll::Ready(
+                                response
+                                    .take()
+                                    .map(|r| *r)
+                                    .ok_or_else(polled_after_completion),
+                            );
                         }
                         (Ok(_), None) => {
-                            return Poll::Ready(response.take().map(|r| *r).ok_or_else(polled_after_completion));
+                            return Poll::Ready(
+                                response
+                                    .take()
+                                    .map(|r| *r)
+                                    .ok_or_else(polled_after_completion),
+                            );
                         }
                     }
                 }
-                StateProj::Invalidating { invalidate, response } => {
+                StateProj::Invalidating {
+                    invalidate,
+                    response,
+                } => {
                     ready!(invalidate.as_mut().poll(cx));
-                    return Poll::Ready(response.take().map(|r| *r).ok_or_else(polled_after_completion));
+                    return Poll::Ready(
+                        response
+                            .take()
+                            .map(|r| *r)
+                            .ok_or_else(polled_after_completion),
+                    );
                 }
                 StateProj::ReplayReady { request } => {
                     // The replay service is a clone that was never polled: make it ready first.

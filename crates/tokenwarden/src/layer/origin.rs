@@ -64,7 +64,11 @@ impl Origin {
         };
         // Fast path: the authority spelled exactly as one of ours (a memcmp, no parsing).
         let text = authority.as_str();
-        if self.authorities.iter().any(|a| a.as_bytes() == text.as_bytes()) {
+        if self
+            .authorities
+            .iter()
+            .any(|a| a.as_bytes() == text.as_bytes())
+        {
             return true;
         }
         let Some(host) = uri.host() else {
@@ -101,16 +105,31 @@ mod tests {
         assert!(allows(&api, "https://api.example.com/v1/x?y=1"));
         assert!(allows(&api, "https://API.example.com:443/"));
         assert!(!allows(&api, "http://api.example.com/"), "scheme differs");
-        assert!(!allows(&api, "https://api.example.com:8443/"), "port differs");
-        assert!(!allows(&api, "https://api.example.com.evil.net/"), "suffix attack");
+        assert!(
+            !allows(&api, "https://api.example.com:8443/"),
+            "port differs"
+        );
+        assert!(
+            !allows(&api, "https://api.example.com.evil.net/"),
+            "suffix attack"
+        );
         assert!(!allows(&api, "https://evil.net/api.example.com"));
         assert!(!allows(&api, "/relative/path"));
-        assert!(allows(&["http://127.0.0.1:8080/"], "http://127.0.0.1:8080/x"));
+        assert!(allows(
+            &["http://127.0.0.1:8080/"],
+            "http://127.0.0.1:8080/x"
+        ));
     }
 
     #[test]
     fn rejects_origins_that_are_not_origins() {
-        for bad in ["api.example.com", "ftp://x", "https://x/path", "https://u:p@x", "https://x/?q"] {
+        for bad in [
+            "api.example.com",
+            "ftp://x",
+            "https://x/path",
+            "https://u:p@x",
+            "https://x/?q",
+        ] {
             assert!(matches!(Origin::parse(bad), Err(Error::Config(_))), "{bad}");
         }
     }

@@ -18,7 +18,8 @@ use crate::manager::ClientEntry;
 use crate::{Error, TokenManager};
 
 /// A future resolving to an `Authorization` value and the id of the token in it.
-pub(crate) type HeaderFuture = Pin<Box<dyn Future<Output = Result<(HeaderValue, u64), Error>> + Send>>;
+pub(crate) type HeaderFuture =
+    Pin<Box<dyn Future<Output = Result<(HeaderValue, u64), Error>> + Send>>;
 
 /// The layer's configuration, which its services and their response futures refer to.
 #[derive(Clone)]
@@ -107,15 +108,20 @@ where
             Some(_) => None,
         };
         let exact_size = request.body().size_hint().exact();
-        let replayable = shared.replay && exact_size.is_some_and(|n| n <= shared.max_replay_bytes as u64);
+        let replayable =
+            shared.replay && exact_size.is_some_and(|n| n <= shared.max_replay_bytes as u64);
         // An empty body needs no buffering: the replay sends an empty body too.
         let buffered = exact_size == Some(0);
         match cached {
             // The hot path: a cached token and nothing to wait for, so the ready inner service is
             // called right here.
             Some((header, id)) if !replayable || buffered => {
-                let replay = replayable
-                    .then(|| (self.inner.clone(), Box::new(Captured::new(&request, Bytes::new()))));
+                let replay = replayable.then(|| {
+                    (
+                        self.inner.clone(),
+                        Box::new(Captured::new(&request, Bytes::new())),
+                    )
+                });
                 set_authorization(&mut request, header);
                 let future = self.inner.call(request);
                 ResponseFuture::sending(future, shared.clone(), replay, id, params)
@@ -128,11 +134,26 @@ where
                 let replay_service = replayable.then(|| self.inner.clone());
                 if replayable && !buffered {
                     let replay_service = replay_service.unwrap_or_else(|| self.inner.clone());
-                    return ResponseFuture::collecting(request, ready, replay_service, shared.clone(), cached, params);
+                    return ResponseFuture::collecting(
+                        request,
+                        ready,
+                        replay_service,
+                        shared.clone(),
+                        cached,
+                        params,
+                    );
                 }
-                let replay = replay_service.map(|s| (s, Box::new(Captured::new(&request, Bytes::new()))));
+                let replay =
+                    replay_service.map(|s| (s, Box::new(Captured::new(&request, Bytes::new()))));
                 let token = acquire_header(shared.clone(), params.as_deref().cloned());
-                ResponseFuture::awaiting_token(request, ready, shared.clone(), replay, token, params)
+                ResponseFuture::awaiting_token(
+                    request,
+                    ready,
+                    shared.clone(),
+                    replay,
+                    token,
+                    params,
+                )
             }
         }
     }
@@ -191,9 +212,15 @@ pub(crate) fn acquire_header(shared: Arc<Shared>, params: Option<TokenParams>) -
 
 /// After a 401: invalidate the token that was sent (only if it is still cached), then get the
 /// current one; a burst of 401s for one token costs one renewal.
-pub(crate) fn renew_after_rejection(shared: Arc<Shared>, params: Option<TokenParams>, sent: u64) -> HeaderFuture {
+pub(crate) fn renew_after_rejection(
+    shared: Arc<Shared>,
+    params: Option<TokenParams>,
+    sent: u64,
+) -> HeaderFuture {
     Box::pin(async move {
-        let params = params.map(|p| p.without_force_renewal()).unwrap_or_default();
+        let params = params
+            .map(|p| p.without_force_renewal())
+            .unwrap_or_default();
         let manager = &shared.manager;
         let slot = manager.slot_for(&shared.client, &params);
         manager.invalidate_if(&slot, |e| e.id == sent).await;
