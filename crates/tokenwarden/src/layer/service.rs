@@ -131,9 +131,8 @@ where
                 // `self` keeps a clone that will be made ready again.
                 let clone = self.inner.clone();
                 let ready = mem::replace(&mut self.inner, clone);
-                let replay_service = replayable.then(|| self.inner.clone());
                 if replayable && !buffered {
-                    let replay_service = replay_service.unwrap_or_else(|| self.inner.clone());
+                    let replay_service = self.inner.clone();
                     return ResponseFuture::collecting(
                         request,
                         ready,
@@ -143,8 +142,12 @@ where
                         params,
                     );
                 }
-                let replay =
-                    replay_service.map(|s| (s, Box::new(Captured::new(&request, Bytes::new()))));
+                let replay = replayable.then(|| {
+                    (
+                        self.inner.clone(),
+                        Box::new(Captured::new(&request, Bytes::new())),
+                    )
+                });
                 let token = acquire_header(shared.clone(), params.as_deref().cloned());
                 ResponseFuture::awaiting_token(
                     request,
