@@ -23,7 +23,7 @@ need_redis() {
 need_redis
 redis-server --version
 
-# The tests start their own redis-server on free ports; the machine's 6379 is never used.
-cargo test --workspace --locked --all-features --no-fail-fast
 # Examples and benchmarks must keep compiling.
 cargo build --workspace --locked --all-features --examples --benches
+# The tests start their own redis-server on free ports; the machine's 6379 is never used.
+cargo test --workspace --locked --all-features --no-fail-fast

@@ -125,3 +125,14 @@ async fn expires_in_as_a_string_is_accepted() {
         "{lifetime:?}"
     );
 }
+
+#[tokio::test]
+async fn a_dpop_bound_token_is_refused_rather_than_sent_without_a_proof() {
+    let body = r#"{"access_token":"tk_dpop","token_type":"DPoP","expires_in":3600}"#;
+    let error = error_for(Failure::RawBody(body.into())).await;
+    assert!(
+        matches!(error.oauth_error(), Some(OAuthError::InvalidResponse(_))),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("DPoP"), "{error}");
+}

@@ -12,7 +12,7 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use tokenwarden::redis::redis::AsyncCommands;
 use tokenwarden::redis::{Encryption, RedisTokenCache};
-use tokenwarden::{AccessTokenLayer, CacheKey, TokenManager, TokenParams};
+use tokenwarden::{AccessTokenLayer, TokenManager, TokenParams};
 use tokenwarden_testkit::{RedisServer, TestServer};
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -41,8 +41,9 @@ async fn raw(redis: &RedisServer) -> tokenwarden::redis::redis::aio::Multiplexed
 
 /// The Redis key of the client's default token, as the manager builds it.
 fn default_key(server: &TestServer, cache: &RedisTokenCache) -> String {
-    let _ = server;
-    let key = CacheKey::builder(CLIENT).part("client_id", CLIENT).build();
+    let key = common::manager(server)
+        .cache_key(CLIENT, &TokenParams::new())
+        .unwrap();
     cache.redis_key(&key)
 }
 
@@ -75,7 +76,14 @@ async fn two_managers_share_one_token() {
     assert_eq!(from_a.secret(), from_b.secret());
     assert_eq!(server.token_requests(CLIENT), 1);
     assert_eq!(b.metrics().shared_cache_hits, 1);
-    // The key the manager uses is the one documented: namespace, version, client, client id.
+    // The key is namespace, version, client name, client id and token endpoint.
+    let key = default_key(&server, &cache(&redis));
+    assert!(key.starts_with("tokenwarden:v1:billing;"), "{key}");
+    assert!(
+        key.contains("x.client_id=billing")
+            && key.contains("x.token_endpoint=http%3A%2F%2F127.0.0.1"),
+        "{key}"
+    );
     let stored: Option<Vec<u8>> = raw(&redis)
         .await
         .get(default_key(&server, &cache(&redis)))

@@ -45,9 +45,13 @@ impl TokenParams {
         self
     }
 
-    /// Adds an extra form parameter to the token request (and to the cache key).
+    /// Adds an extra form parameter to the token request (and to the cache key); a second value
+    /// for the same name replaces the first.
     pub fn param(mut self, name: &str, value: &str) -> Self {
-        self.extra.push((name.to_owned(), value.to_owned()));
+        match self.extra.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v = value.to_owned(),
+            None => self.extra.push((name.to_owned(), value.to_owned())),
+        }
         self
     }
 
@@ -104,6 +108,12 @@ mod tests {
         assert!(TokenParams::new().force_renewal().uses_default_key());
         assert!(!TokenParams::new().scope("a").uses_default_key());
         assert!(!TokenParams::new().param("k", "v").uses_default_key());
+    }
+
+    #[test]
+    fn a_repeated_parameter_replaces_the_earlier_value() {
+        let p = TokenParams::new().param("tenant", "a").param("tenant", "b");
+        assert_eq!(p.extra_params(), &[("tenant".to_owned(), "b".to_owned())]);
     }
 
     #[test]

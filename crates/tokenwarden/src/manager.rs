@@ -402,6 +402,18 @@ impl TokenManager {
             .await)
     }
 
+    /// The cache key a token for `client` and `params` is stored under, here and in the shared
+    /// cache (for inspecting a shared cache, or invalidating from outside).
+    pub fn cache_key(&self, client: &str, params: &TokenParams) -> Result<CacheKey, Error> {
+        let client = self.client(client)?;
+        Ok(cache_key(
+            &self.inner.namespace,
+            &client.name,
+            &client.config,
+            params,
+        ))
+    }
+
     /// Drops every token held in this process's memory (not the shared cache): the next call
     /// goes to the shared cache or the token endpoint.
     pub fn purge_local(&self) {
@@ -679,25 +691,35 @@ impl TokenManager {
         {
             return Ok(entry);
         }
+        // The lease must outlive the longest fetch (every attempt timing out, every backoff at its
+        // cap), or a second replica would fetch while the first still waits.
+        let retry = &self.inner.retry;
+        let longest_fetch =
+            client.config.timeout() * (retry.max_retries + 1) + retry.max_delay * retry.max_retries;
+        let lease_ttl = self.inner.lease_ttl.max(longest_fetch);
         let deadline = tokio::time::Instant::now() + self.inner.lease_wait;
         let mut backoff = Duration::from_millis(5);
         loop {
             match self
-                .bounded(
-                    shared.try_lease(&slot.key, self.inner.lease_ttl),
-                    "try_lease",
-                )
+                .bounded(shared.try_lease(&slot.key, lease_ttl), "try_lease")
                 .await
             {
                 Some(lease @ Lease::Acquired(_)) => {
+                    let mut held = HeldLease {
+                        cache: shared.clone(),
+                        key: slot.key.clone(),
+                        lease: Some(lease),
+                    };
                     // Another replica may have stored its token just before this one got the lease.
                     let stored = self.bounded(shared.get(&slot.key), "get").await.flatten();
                     let result = match from_shared(stored) {
                         Some(entry) => Ok(entry),
                         None => self.fetch_and_share(client, slot, &shared).await,
                     };
-                    self.bounded(shared.release_lease(&slot.key, &lease), "release_lease")
-                        .await;
+                    if let Some(lease) = held.lease.take() {
+                        self.bounded(shared.release_lease(&slot.key, &lease), "release_lease")
+                            .await;
+                    }
                     return result;
                 }
                 Some(Lease::HeldElsewhere) if tokio::time::Instant::now() < deadline => {
@@ -800,6 +822,17 @@ impl TokenManager {
         let buffer = self.inner.renew_before.min(lifetime / 4);
         let renew_at = expires_at.checked_sub(buffer).unwrap_or(expires_at);
         let token = response.into_access_token().with_expires_at(expires_at);
+        if *token.token_type() == tokenwarden_core::TokenType::DPoP {
+            // Sending a DPoP-bound token without a proof would only earn 401s.
+            return Err(Error::Token {
+                client: client.name.clone(),
+                grant: GRANT_CLIENT_CREDENTIALS,
+                source: Arc::new(tokenwarden_oauth::Error::InvalidResponse(
+                    "the server issued a DPoP-bound token, but this client sends no DPoP proofs"
+                        .into(),
+                )),
+            });
+        }
         tracing::debug!(client = %client.name, token = %token.secret().fingerprint(), ?lifetime, "token obtained");
         self.entry_from_cached(CachedToken::new(token, expires_at, renew_at))
             .map_err(|error| Error::Token {
@@ -822,6 +855,29 @@ impl TokenManager {
         header.set_sensitive(true);
         let id = self.inner.entry_ids.fetch_add(1, Ordering::Relaxed);
         Ok(Entry { cached, header, id })
+    }
+}
+
+/// A lease this replica holds; if the fetch is abandoned (its caller dropped the future), the
+/// lease is released in the background instead of making other replicas wait out its TTL.
+struct HeldLease {
+    cache: Arc<dyn TokenCache>,
+    key: CacheKey,
+    lease: Option<Lease>,
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (cache, key) = (self.cache.clone(), self.key.clone());
+            runtime.spawn(async move {
+                let release = cache.release_lease(&key, &lease);
+                let _ = tokio::time::timeout(Duration::from_secs(1), release).await;
+            });
+        }
     }
 }
 
@@ -858,8 +914,10 @@ fn cache_key(
         .namespace(namespace)
         .scopes(scopes)
         .resources(resources)
-        // Two deployments that picked the same client name for different credentials never share tokens.
-        .part("client_id", config.client_id());
+        // Two deployments that picked the same client name for other credentials or another
+        // authorization server never share tokens.
+        .part("client_id", config.client_id())
+        .part("token_endpoint", &config.token_endpoint().to_string());
     if let Some(audience) = params.audience_override().or(config.audience()) {
         key = key.part("audience", audience);
     }
