@@ -413,3 +413,35 @@ async fn a_token_endpoint_failure_is_an_error_of_the_service() {
     assert!(error.to_string().contains("unauthorized_client"), "{error}");
     assert_eq!(server.api_requests(), 0, "nothing is sent without a token");
 }
+
+#[tokio::test]
+async fn a_request_with_its_own_authorization_keeps_it_when_a_token_is_cached() {
+    let server = server().await;
+    let manager = manager(&server);
+    let client = ServiceBuilder::new()
+        .layer(layer(&manager, &server))
+        .service(http_client());
+    let warm = Request::get(server.api_url("/warm"))
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(
+        client.clone().oneshot(warm).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let own = Request::get(server.api_url("/own"))
+        .header(AUTHORIZATION, "Bearer chosen-by-the-caller")
+        .body(Full::default())
+        .unwrap();
+    let response = client.oneshot(own).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::UNAUTHORIZED,
+        "the caller's header was sent, not ours"
+    );
+    assert_eq!(
+        manager.metrics().replays,
+        0,
+        "and its 401 is the caller's business"
+    );
+    assert_eq!(manager.metrics().invalidations, 0);
+}

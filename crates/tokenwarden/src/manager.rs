@@ -105,6 +105,10 @@ pub(crate) struct Entry {
     /// Unique within the manager: what a request remembers of the token it sent, so a 401 can
     /// invalidate exactly that token without holding on to (and contending for) the header.
     pub(crate) id: u64,
+    /// `renew_at` and `expires_at` moved earlier by the coarse clock's lag, so the hot path
+    /// compares a coarse reading directly.
+    fresh_until_coarse: SystemTime,
+    usable_until_coarse: SystemTime,
 }
 
 #[derive(Default)]
@@ -468,13 +472,12 @@ impl TokenManager {
         let slot = &client.default_slot;
         let guard = slot.current.load();
         let entry = guard.as_ref()?;
-        // The coarse clock may lag: count it as later by its bound, so an expired token is never sent.
-        let now = self.inner.clock.now_coarse() + COARSE_CLOCK_LAG;
-        if entry.cached.is_fresh(now) {
+        let now = self.inner.clock.now_coarse();
+        if now < entry.fresh_until_coarse {
             return Some((entry.header.clone(), entry.id));
         }
-        if entry.cached.is_usable(now) {
-            self.renew_in_background(client, slot, now);
+        if now < entry.usable_until_coarse {
+            self.renew_in_background(client, slot, self.now());
             return Some((entry.header.clone(), entry.id));
         }
         None
@@ -854,7 +857,16 @@ impl TokenManager {
         })?;
         header.set_sensitive(true);
         let id = self.inner.entry_ids.fetch_add(1, Ordering::Relaxed);
-        Ok(Entry { cached, header, id })
+        // The coarse clock may lag: deadlines for it are earlier by its bound, so an expired
+        // token is never sent.
+        let early = |t: SystemTime| t.checked_sub(COARSE_CLOCK_LAG).unwrap_or(UNIX_EPOCH);
+        Ok(Entry {
+            fresh_until_coarse: early(cached.renew_at()),
+            usable_until_coarse: early(cached.expires_at()),
+            cached,
+            header,
+            id,
+        })
     }
 }
 

@@ -51,9 +51,11 @@ impl Origin {
     }
 
     fn matches(&self, uri: &Uri) -> bool {
-        let https = match uri.scheme() {
-            Some(s) if *s == http::uri::Scheme::HTTPS => true,
-            Some(s) if *s == http::uri::Scheme::HTTP => false,
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            Some(s) if s.eq_ignore_ascii_case("https") => true,
+            Some(s) if s.eq_ignore_ascii_case("http") => false,
             _ => return false,
         };
         if https != self.https {

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::AUTHORIZATION;
-use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Uri, Version};
+use http::header::HeaderName;
+use http::header::{AUTHORIZATION, Entry};
+use http::{Extensions, HeaderValue, Method, Request, Uri, Version};
 use http_body::Body;
 use tokenwarden_core::{BoxError, TokenParams};
 use tower_service::Service;
@@ -95,7 +96,7 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let shared = &self.shared;
-        if request.headers().contains_key(AUTHORIZATION) || !shared.origins.allows(request.uri()) {
+        if !shared.origins.allows(request.uri()) {
             return ResponseFuture::passthrough(self.inner.call(request));
         }
         let params = request
@@ -122,9 +123,18 @@ where
                         Box::new(Captured::new(&request, Bytes::new())),
                     )
                 });
-                set_authorization(&mut request, header);
-                let future = self.inner.call(request);
-                ResponseFuture::sending(future, shared.clone(), replay, id, params)
+                // One lookup both respects an Authorization header the caller set and adds ours.
+                match request.headers_mut().entry(AUTHORIZATION) {
+                    Entry::Occupied(_) => ResponseFuture::passthrough(self.inner.call(request)),
+                    Entry::Vacant(slot) => {
+                        slot.insert(header);
+                        let future = self.inner.call(request);
+                        ResponseFuture::sending(future, shared.clone(), replay, id, params)
+                    }
+                }
+            }
+            _ if request.headers().contains_key(AUTHORIZATION) => {
+                ResponseFuture::passthrough(self.inner.call(request))
             }
             cached => {
                 // The ready service goes into the future, which first waits for a token or a body;
@@ -171,7 +181,9 @@ pub(crate) struct Captured {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: HeaderMap,
+    // A flat list (one allocation) rather than a HeaderMap clone (two, plus its index): the map
+    // is rebuilt only in the rare case of a replay.
+    headers: Vec<(HeaderName, HeaderValue)>,
     extensions: Extensions,
     body: Bytes,
 }
@@ -182,7 +194,11 @@ impl Captured {
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
-            headers: request.headers().clone(),
+            headers: request
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
             extensions: request.extensions().clone(),
             body,
         }
@@ -193,7 +209,11 @@ impl Captured {
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
         *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers;
+        let headers = request.headers_mut();
+        headers.reserve(self.headers.len() + 1);
+        for (name, value) in self.headers {
+            headers.append(name, value);
+        }
         *request.extensions_mut() = self.extensions;
         set_authorization(&mut request, header);
         request
