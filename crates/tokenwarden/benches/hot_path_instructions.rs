@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo bench -p tokenwarden --bench hot_path_instructions --no-run
 //! B=$(ls -t target/release/deps/hot_path_instructions-* | grep -v '\.d$' | head -1)
-//! for v in static tokenwarden tokenwarden_no_replay; do for n in 0 100000; do
+//! for v in static tokenwarden tokenwarden_no_replay tokenwarden_redis_tier; do for n in 0 100000; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null $B $v $n 2>&1 | grep refs
 //! done; done
 //! ```
@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 use tokenwarden::{AccessTokenLayer, ClientCredentials, TokenManager};
-use tokenwarden_testkit::TestServer;
+use tokenwarden_testkit::{RedisServer, TestServer};
 use tower::{Service, ServiceBuilder};
 use tower_http::auth::AddAuthorizationLayer;
 
@@ -91,7 +91,12 @@ fn main() {
     };
     let variants: Vec<&str> = match args.first() {
         Some(v) => vec![v.as_str()],
-        None => vec!["static", "tokenwarden", "tokenwarden_no_replay"],
+        None => vec![
+            "static",
+            "tokenwarden",
+            "tokenwarden_no_replay",
+            "tokenwarden_redis_tier",
+        ],
     };
     let count: u64 = args.get(1).map_or(1_000, |n| n.parse().unwrap());
     for variant in variants {
@@ -113,6 +118,34 @@ fn main() {
                 &uri,
                 count,
             ),
+            "tokenwarden_redis_tier" => {
+                // The same hot path with a Redis tier behind the memory tier.
+                let redis = rt
+                    .block_on(RedisServer::start())
+                    .expect("redis-server on the PATH");
+                let client = ClientCredentials::builder(&server.token_endpoint(), "bench")
+                    .client_secret("bench-secret")
+                    .build()
+                    .unwrap();
+                let cache = tokenwarden_redis::RedisTokenCache::builder(&redis.url())
+                    .build()
+                    .unwrap();
+                let with_redis = TokenManager::builder()
+                    .client("bench", client)
+                    .shared_cache(cache)
+                    .build()
+                    .unwrap();
+                rt.block_on(with_redis.token("bench")).unwrap();
+                let layer = AccessTokenLayer::builder(&with_redis, "bench")
+                    .allow_origin(&server.base_url())
+                    .build()
+                    .unwrap();
+                run(
+                    ServiceBuilder::new().layer(layer).service(noop()),
+                    &uri,
+                    count,
+                );
+            }
             other => panic!("unknown variant {other}"),
         }
     }
