@@ -33,7 +33,7 @@ pin_project! {
         // A (not yet ready) service to replay with, present while a replay is still possible.
         replay_service: Option<S>,
         // The request as it was before the token was added; present once the body is buffered.
-        captured: Option<Box<Captured>>,
+        captured: Option<Captured>,
         // The id of the token that was sent, to invalidate exactly that token on a 401.
         sent: Option<u64>,
         params: Option<Box<TokenParams>>,
@@ -121,7 +121,7 @@ where
     pub(crate) fn sending(
         future: S::Future,
         shared: Arc<Shared>,
-        replay: Option<(S, Box<Captured>)>,
+        replay: Option<(S, Captured)>,
         sent: u64,
         params: Option<Box<TokenParams>>,
     ) -> Self {
@@ -140,7 +140,7 @@ where
         request: Request<B>,
         ready: S,
         shared: Arc<Shared>,
-        replay: Option<(S, Box<Captured>)>,
+        replay: Option<(S, Captured)>,
         token: HeaderFuture,
         params: Option<Box<TokenParams>>,
     ) -> Self {
@@ -210,7 +210,7 @@ where
                         return Poll::Ready(Err(polled_after_completion()));
                     };
                     let mut request = Request::from_parts(*parts, B::from(body.clone()));
-                    *this.captured = Some(Box::new(Captured::new(&request, body)));
+                    *this.captured = Some(Captured::new(&request, body));
                     match cached.take() {
                         Some((header, id)) => {
                             set_authorization(&mut request, header);
@@ -272,33 +272,28 @@ where
                 }
                 StateProj::Renewing { token, response } => {
                     let result = ready!(token.as_mut().poll(cx));
-                    match (result, this.captured.take()) {
-                        (Ok((header, _)), Some(captured)) => {
-                            if let Some(shared) = this.shared.as_ref() {
-                                shared.manager.count_replay();
-                            }
-                            this.state.set(State::ReplayReady {
-                                request: Some(Box::new(captured.into_request(header))),
-                            });
-                        }
+                    let replay = match (result, this.captured.take()) {
+                        (Ok((header, _)), Some(captured)) => captured.into_request(header),
                         (Err(error), _) => {
                             tracing::warn!(%error, "no new token after a 401; returning the 401");
-                            return Poll::Ready(
-                                response
-                                    .take()
-                                    .map(|r| *r)
-                                    .ok_or_else(polled_after_completion),
-                            );
+                            None
                         }
-                        (Ok(_), None) => {
-                            return Poll::Ready(
-                                response
-                                    .take()
-                                    .map(|r| *r)
-                                    .ok_or_else(polled_after_completion),
-                            );
-                        }
+                        (Ok(_), None) => None,
+                    };
+                    let Some(request) = replay else {
+                        return Poll::Ready(
+                            response
+                                .take()
+                                .map(|r| *r)
+                                .ok_or_else(polled_after_completion),
+                        );
+                    };
+                    if let Some(shared) = this.shared.as_ref() {
+                        shared.manager.count_replay();
                     }
+                    this.state.set(State::ReplayReady {
+                        request: Some(Box::new(request)),
+                    });
                 }
                 StateProj::Invalidating {
                     invalidate,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::header::AUTHORIZATION;
 use http::header::HeaderName;
-use http::header::{AUTHORIZATION, Entry};
 use http::{Extensions, HeaderValue, Method, Request, Uri, Version};
 use http_body::Body;
 use tokenwarden_core::{BoxError, TokenParams};
@@ -117,21 +117,16 @@ where
             // The hot path: a cached token and nothing to wait for, so the ready inner service is
             // called right here.
             Some((header, id)) if !replayable || buffered => {
-                let replay = replayable.then(|| {
-                    (
-                        self.inner.clone(),
-                        Box::new(Captured::new(&request, Bytes::new())),
-                    )
-                });
-                // One lookup both respects an Authorization header the caller set and adds ours.
-                match request.headers_mut().entry(AUTHORIZATION) {
-                    Entry::Occupied(_) => ResponseFuture::passthrough(self.inner.call(request)),
-                    Entry::Vacant(slot) => {
-                        slot.insert(header);
-                        let future = self.inner.call(request);
-                        ResponseFuture::sending(future, shared.clone(), replay, id, params)
-                    }
+                let replay =
+                    replayable.then(|| (self.inner.clone(), Captured::new(&request, Bytes::new())));
+                // One hash lookup in the common case: insert ours, and should the caller have set
+                // an Authorization header of their own, put theirs back and leave the request be.
+                if let Some(own) = request.headers_mut().insert(AUTHORIZATION, header) {
+                    request.headers_mut().insert(AUTHORIZATION, own);
+                    return ResponseFuture::passthrough(self.inner.call(request));
                 }
+                let future = self.inner.call(request);
+                ResponseFuture::sending(future, shared.clone(), replay, id, params)
             }
             _ if request.headers().contains_key(AUTHORIZATION) => {
                 ResponseFuture::passthrough(self.inner.call(request))
@@ -152,12 +147,8 @@ where
                         params,
                     );
                 }
-                let replay = replayable.then(|| {
-                    (
-                        self.inner.clone(),
-                        Box::new(Captured::new(&request, Bytes::new())),
-                    )
-                });
+                let replay =
+                    replayable.then(|| (self.inner.clone(), Captured::new(&request, Bytes::new())));
                 let token = acquire_header(shared.clone(), params.as_deref().cloned());
                 ResponseFuture::awaiting_token(
                     request,
@@ -181,42 +172,64 @@ pub(crate) struct Captured {
     method: Method,
     uri: Uri,
     version: Version,
-    // A flat list (one allocation) rather than a HeaderMap clone (two, plus its index): the map
-    // is rebuilt only in the rare case of a replay.
-    headers: Vec<(HeaderName, HeaderValue)>,
+    // Every header name and value copied into one buffer: one allocation per request, where
+    // cloning the values would allocate for each (a value parsed from a string must be made
+    // shareable first). Parsed back into a map only in the rare case of a replay.
+    headers: Vec<u8>,
     extensions: Extensions,
     body: Bytes,
 }
 
 impl Captured {
     pub(crate) fn new<B>(request: &Request<B>, body: Bytes) -> Self {
+        let map = request.headers();
+        let size = map
+            .iter()
+            .map(|(n, v)| 7 + n.as_str().len() + v.len())
+            .sum();
+        let mut headers = Vec::with_capacity(size);
+        for (name, value) in map {
+            // Lengths fit: hyper and every server cap a header far below 64 KiB names / 4 GiB values.
+            headers.extend_from_slice(&(name.as_str().len() as u16).to_le_bytes());
+            headers.extend_from_slice(name.as_str().as_bytes());
+            headers.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            headers.extend_from_slice(value.as_bytes());
+            headers.push(u8::from(value.is_sensitive()));
+        }
         Captured {
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
-            headers: request
-                .headers()
-                .iter()
-                .map(|(name, value)| (name.clone(), value.clone()))
-                .collect(),
+            headers,
             extensions: request.extensions().clone(),
             body,
         }
     }
 
-    pub(crate) fn into_request<B: From<Bytes>>(self, header: HeaderValue) -> Request<B> {
+    /// The request to send again, with a new `Authorization`; `None` if a header cannot be
+    /// rebuilt exactly (a value the caller built unchecked), in which case nothing is replayed.
+    pub(crate) fn into_request<B: From<Bytes>>(self, header: HeaderValue) -> Option<Request<B>> {
         let mut request = Request::new(B::from(self.body));
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
         *request.version_mut() = self.version;
-        let headers = request.headers_mut();
-        headers.reserve(self.headers.len() + 1);
-        for (name, value) in self.headers {
-            headers.append(name, value);
+        let map = request.headers_mut();
+        let mut rest = &self.headers[..];
+        while !rest.is_empty() {
+            let (name_len, tail) = rest.split_first_chunk::<2>()?;
+            let (name, tail) = tail.split_at_checked(usize::from(u16::from_le_bytes(*name_len)))?;
+            let (value_len, tail) = tail.split_first_chunk::<4>()?;
+            let value_len = usize::try_from(u32::from_le_bytes(*value_len)).ok()?;
+            let (value, tail) = tail.split_at_checked(value_len)?;
+            let (sensitive, tail) = tail.split_first()?;
+            let mut value = HeaderValue::from_bytes(value).ok()?;
+            value.set_sensitive(*sensitive == 1);
+            map.append(HeaderName::from_bytes(name).ok()?, value);
+            rest = tail;
         }
         *request.extensions_mut() = self.extensions;
         set_authorization(&mut request, header);
-        request
+        Some(request)
     }
 }
 
@@ -264,4 +277,59 @@ pub(crate) fn invalidate_rejected(
         let slot = manager.slot_for(&shared.client, &params);
         manager.invalidate_if(&slot, |e| e.id == sent).await;
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    #[test]
+    fn a_captured_request_comes_back_identical_but_for_the_new_token() {
+        let mut sensitive = HeaderValue::from_static("s3cr3t-cookie");
+        sensitive.set_sensitive(true);
+        let mut original = Request::post("https://api.example.com/v1/items?x=1")
+            .version(Version::HTTP_2)
+            .header("accept", "application/json")
+            .header("x-multi", "one")
+            .header("x-multi", "two")
+            .header(
+                "x-Custom-Name",
+                "caf\u{e9}"
+                    .as_bytes()
+                    .iter()
+                    .map(|b| *b as char)
+                    .collect::<String>(),
+            )
+            .header("cookie", sensitive)
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        original
+            .extensions_mut()
+            .insert(TokenParams::new().scope("a"));
+        let captured = Captured::new(&original, Bytes::from_static(b"payload"));
+        let new_token = HeaderValue::from_static("Bearer new");
+        let replay: Request<Full<Bytes>> = captured.into_request(new_token).unwrap();
+
+        assert_eq!(replay.method(), original.method());
+        assert_eq!(replay.uri(), original.uri());
+        assert_eq!(replay.version(), Version::HTTP_2);
+        assert_eq!(replay.headers()[AUTHORIZATION], "Bearer new");
+        let without_auth: Vec<_> = replay
+            .headers()
+            .iter()
+            .filter(|(n, _)| *n != AUTHORIZATION)
+            .collect();
+        let expected: Vec<_> = original.headers().iter().collect();
+        assert_eq!(
+            without_auth, expected,
+            "every header, in order, with repeated names kept"
+        );
+        assert!(replay.headers()["cookie"].is_sensitive());
+        assert_eq!(
+            replay.extensions().get::<TokenParams>(),
+            Some(&TokenParams::new().scope("a"))
+        );
+        assert_eq!(http_body::Body::size_hint(replay.body()).exact(), Some(7));
+    }
 }
