@@ -17,7 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokenwarden::{AccessTokenLayer, TokenManager, TokenParams};
+use tokenwarden::{AccessTokenLayer, AccessTokenService, TokenManager, TokenParams};
 use tokenwarden_testkit::TestServer;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -26,6 +26,27 @@ fn layer(manager: &TokenManager, server: &TestServer) -> AccessTokenLayer {
         .allow_origin(&server.base_url())
         .build()
         .unwrap()
+}
+
+/// The layer over a hyper-util client: the stack a service would build.
+fn stack(manager: &TokenManager, server: &TestServer) -> AccessTokenService<common::HttpClient> {
+    ServiceBuilder::new()
+        .layer(layer(manager, server))
+        .service(http_client())
+}
+
+/// One request, so a token is cached before the story of a test begins.
+async fn warm_up<S, B>(client: &S, server: &TestServer)
+where
+    S: Service<Request<B>, Response = http::Response<hyper::body::Incoming>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: From<Bytes>,
+{
+    let warm = Request::get(server.api_url("/warm"))
+        .body(B::from(Bytes::new()))
+        .unwrap();
+    let response = client.clone().oneshot(warm).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 async fn body_json(response: http::Response<hyper::body::Incoming>) -> serde_json::Value {
@@ -37,9 +58,7 @@ async fn body_json(response: http::Response<hyper::body::Incoming>) -> serde_jso
 async fn requests_carry_the_token_and_share_it() {
     let server = server().await;
     let manager = manager(&server);
-    let client = ServiceBuilder::new()
-        .layer(layer(&manager, &server))
-        .service(http_client());
+    let client = stack(&manager, &server);
     for _ in 0..20 {
         let request = Request::get(server.api_url("/invoices"))
             .body(Full::default())
@@ -77,16 +96,8 @@ async fn composes_with_tower_http_layers() {
 async fn a_revoked_token_is_replaced_and_the_post_body_replayed() {
     let server = server().await;
     let manager = manager(&server);
-    let client = ServiceBuilder::new()
-        .layer(layer(&manager, &server))
-        .service(http_client());
-    let warm = Request::get(server.api_url("/warm"))
-        .body(Full::default())
-        .unwrap();
-    assert_eq!(
-        client.clone().oneshot(warm).await.unwrap().status(),
-        StatusCode::OK
-    );
+    let client = stack(&manager, &server);
+    warm_up(&client, &server).await;
     server.revoke_all();
 
     let request = Request::builder()
@@ -113,16 +124,8 @@ async fn a_revoked_token_is_replaced_and_the_post_body_replayed() {
 async fn burst_of_1000_unauthorized_responses_costs_one_renewal() {
     let server = server().await;
     let manager = manager(&server);
-    let client = ServiceBuilder::new()
-        .layer(layer(&manager, &server))
-        .service(http_client());
-    let warm = Request::get(server.api_url("/warm"))
-        .body(Full::default())
-        .unwrap();
-    assert_eq!(
-        client.clone().oneshot(warm).await.unwrap().status(),
-        StatusCode::OK
-    );
+    let client = stack(&manager, &server);
+    warm_up(&client, &server).await;
     server.revoke_all();
 
     let barrier = Arc::new(tokio::sync::Barrier::new(1000));
@@ -167,9 +170,7 @@ async fn a_second_401_goes_back_to_the_caller() {
         .await
         .unwrap();
     let manager = manager(&server);
-    let client = ServiceBuilder::new()
-        .layer(layer(&manager, &server))
-        .service(http_client());
+    let client = stack(&manager, &server);
     let request = Request::get(server.api_url("/x"))
         .body(Full::default())
         .unwrap();
@@ -231,13 +232,7 @@ async fn a_streaming_body_is_sent_once_and_its_401_returned() {
     let client = ServiceBuilder::new()
         .layer(layer(&manager, &server))
         .service(http);
-    let warm = Request::get(server.api_url("/warm"))
-        .body(Chunks::from(Bytes::new()))
-        .unwrap();
-    assert_eq!(
-        client.clone().oneshot(warm).await.unwrap().status(),
-        StatusCode::OK
-    );
+    warm_up(&client, &server).await;
     server.revoke_all();
 
     let stream = Chunks {
@@ -283,13 +278,7 @@ async fn a_buffered_body_over_the_replay_limit_is_not_replayed() {
         .build()
         .unwrap();
     let client = ServiceBuilder::new().layer(layer).service(http_client());
-    let warm = Request::get(server.api_url("/warm"))
-        .body(Full::default())
-        .unwrap();
-    assert_eq!(
-        client.clone().oneshot(warm).await.unwrap().status(),
-        StatusCode::OK
-    );
+    warm_up(&client, &server).await;
     server.revoke_all();
     let request = Request::post(server.api_url("/big"))
         .body(Full::new(Bytes::from(vec![b'a'; 17])))
@@ -304,9 +293,7 @@ async fn tokens_go_only_to_allowed_origins() {
     let server = server().await;
     let elsewhere = server_elsewhere().await;
     let manager = manager(&server);
-    let client = ServiceBuilder::new()
-        .layer(layer(&manager, &server))
-        .service(http_client());
+    let client = stack(&manager, &server);
     let request = Request::get(elsewhere.api_url("/steal"))
         .body(Full::default())
         .unwrap();
@@ -400,9 +387,7 @@ async fn a_token_endpoint_failure_is_an_error_of_the_service() {
     let server = server().await;
     server.fail_next(tokenwarden_testkit::Failure::oauth("unauthorized_client"));
     let manager = manager(&server);
-    let client = ServiceBuilder::new()
-        .layer(layer(&manager, &server))
-        .service(http_client());
+    let client = stack(&manager, &server);
     let request = Request::get(server.api_url("/x"))
         .body(Full::default())
         .unwrap();
@@ -418,16 +403,8 @@ async fn a_token_endpoint_failure_is_an_error_of_the_service() {
 async fn a_request_with_its_own_authorization_keeps_it_when_a_token_is_cached() {
     let server = server().await;
     let manager = manager(&server);
-    let client = ServiceBuilder::new()
-        .layer(layer(&manager, &server))
-        .service(http_client());
-    let warm = Request::get(server.api_url("/warm"))
-        .body(Full::default())
-        .unwrap();
-    assert_eq!(
-        client.clone().oneshot(warm).await.unwrap().status(),
-        StatusCode::OK
-    );
+    let client = stack(&manager, &server);
+    warm_up(&client, &server).await;
     let own = Request::get(server.api_url("/own"))
         .header(AUTHORIZATION, "Bearer chosen-by-the-caller")
         .body(Full::default())

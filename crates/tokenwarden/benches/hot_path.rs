@@ -10,7 +10,8 @@
 //!   from Redis (needs `redis-server` on the PATH; skipped with a message otherwise).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,24 +23,9 @@ use tokenwarden_testkit::{RedisServer, TestServer};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::auth::AddAuthorizationLayer;
 
+use common::{noop, request};
+
 const TASKS: usize = 64;
-
-fn noop()
--> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
-+ Clone
-+ Send {
-    tower::service_fn(|_req: Request<Full<Bytes>>| async {
-        Ok::<_, Infallible>(Response::new(Full::default()))
-    })
-}
-
-fn request(uri: &Uri) -> Request<Full<Bytes>> {
-    Request::builder()
-        .uri(uri.clone())
-        .header("accept", "application/json")
-        .body(Full::default())
-        .unwrap()
-}
 
 async fn warm_manager(
     server: &TestServer,

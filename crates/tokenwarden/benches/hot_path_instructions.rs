@@ -12,7 +12,7 @@
 //! Without arguments (as under `cargo bench`) it runs every variant briefly and prints nothing else.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
+mod common;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
@@ -22,21 +22,7 @@ use tokenwarden_testkit::{RedisServer, TestServer};
 use tower::{Service, ServiceBuilder};
 use tower_http::auth::AddAuthorizationLayer;
 
-fn noop()
--> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone
-{
-    tower::service_fn(|_req: Request<Full<Bytes>>| async {
-        Ok::<_, Infallible>(Response::new(Full::default()))
-    })
-}
-
-fn request(uri: &Uri) -> Request<Full<Bytes>> {
-    Request::builder()
-        .uri(uri.clone())
-        .header("accept", "application/json")
-        .body(Full::default())
-        .unwrap()
-}
+use common::{noop, request};
 
 fn run<S>(mut service: S, uri: &Uri, count: u64)
 where
