@@ -326,3 +326,43 @@ async fn an_unknown_client_is_an_error() {
     let error = manager.token("nope").await.unwrap_err();
     assert!(matches!(error, tokenwarden::Error::UnknownClient { .. }));
 }
+
+#[test]
+fn cache_key_text_is_stable_across_versions() {
+    // Replicas of different versions share Redis entries only while this text stays the same.
+    let client = tokenwarden::ClientCredentials::builder(
+        "https://idp.example.com/oauth2/token",
+        "billing-svc",
+    )
+    .client_secret("s")
+    .scope("invoices.read")
+    .audience("ledger")
+    .build()
+    .unwrap();
+    let manager = tokenwarden::TokenManager::builder()
+        .client(CLIENT, client)
+        .build()
+        .unwrap();
+    let default = manager.cache_key(CLIENT, &TokenParams::new()).unwrap();
+    assert_eq!(
+        default.as_str(),
+        "tokenwarden:v1:billing;scope=invoices.read;x.audience=ledger;x.client_id=billing-svc;\
+         x.token_endpoint=https%3A%2F%2Fidp.example.com%2Foauth2%2Ftoken"
+    );
+    let params = TokenParams::new()
+        .scope("b a")
+        .resource("https://api.example.com/")
+        .param("tenant", "acme");
+    assert_eq!(
+        manager.cache_key(CLIENT, &params).unwrap().as_str(),
+        "tokenwarden:v1:billing;resource=https%3A%2F%2Fapi.example.com%2F;scope=a,b;x.audience=ledger;\
+         x.client_id=billing-svc;x.param.tenant=acme;x.token_endpoint=https%3A%2F%2Fidp.example.com%2Foauth2%2Ftoken"
+    );
+    // Forcing renewal asks for the same token, so it uses the same key.
+    assert_eq!(
+        manager
+            .cache_key(CLIENT, &TokenParams::new().force_renewal())
+            .unwrap(),
+        default
+    );
+}
