@@ -42,6 +42,8 @@ pub struct RedisTokenCacheBuilder {
     breaker_cool_down: Duration,
     encryption: Option<Encryption>,
     clock: Arc<dyn Clock>,
+    #[cfg(feature = "tls-rustls")]
+    tls: Option<redis::TlsCertificates>,
 }
 
 impl RedisTokenCacheBuilder {
@@ -54,6 +56,8 @@ impl RedisTokenCacheBuilder {
             breaker_cool_down: DEFAULT_BREAKER_COOL_DOWN,
             encryption: None,
             clock: Arc::new(SystemClock),
+            #[cfg(feature = "tls-rustls")]
+            tls: None,
         }
     }
 
@@ -93,6 +97,28 @@ impl RedisTokenCacheBuilder {
         self
     }
 
+    /// Trusts these root certificates (PEM) for `rediss://` instead of the bundled public roots,
+    /// as for a Redis whose certificate comes from a private CA.
+    #[cfg(feature = "tls-rustls")]
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.get_or_insert_with(empty_tls).root_cert = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate and private key (PEM) for `rediss://` (mutual TLS).
+    #[cfg(feature = "tls-rustls")]
+    pub fn tls_client_certificate(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.get_or_insert_with(empty_tls).client_tls = Some(redis::ClientTlsConfig {
+            client_cert: cert_pem.into(),
+            client_key: key_pem.into(),
+        });
+        self
+    }
+
     /// Builds the cache. This does not connect: the connection is made on first use (bounded by
     /// the operation timeout), so an application starts even while Redis is down.
     ///
@@ -107,7 +133,14 @@ impl RedisTokenCacheBuilder {
         if let Some(encryption) = &self.encryption {
             encryption.validate().map_err(Error::Config)?;
         }
-        let client = redis::Client::open(self.url.as_str()).map_err(Error::Url)?;
+        #[cfg(feature = "tls-rustls")]
+        let client = match self.tls {
+            Some(tls) => redis::Client::build_with_tls(self.url.as_str(), tls),
+            None => redis::Client::open(self.url.as_str()),
+        };
+        #[cfg(not(feature = "tls-rustls"))]
+        let client = redis::Client::open(self.url.as_str());
+        let client = client.map_err(Error::Url)?;
         let endpoint = client.get_connection_info().addr().to_string();
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.op_timeout.max(MIN_CONNECT_TIMEOUT)))
@@ -128,17 +161,35 @@ impl RedisTokenCacheBuilder {
     }
 }
 
+#[cfg(feature = "tls-rustls")]
+fn empty_tls() -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: None,
+    }
+}
+
 impl fmt::Debug for RedisTokenCacheBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisTokenCacheBuilder")
+        let mut debug = f.debug_struct("RedisTokenCacheBuilder");
+        debug
             .field("url", &redact_url(&self.url))
             .field("key_prefix", &self.key_prefix)
             .field("op_timeout", &self.op_timeout)
             .field("breaker_failures", &self.breaker_failures)
             .field("breaker_cool_down", &self.breaker_cool_down)
             .field("encryption", &self.encryption)
-            .field("clock", &self.clock)
-            .finish()
+            .field("clock", &self.clock);
+        // Whether TLS material is set, never the material (a client key is a secret).
+        #[cfg(feature = "tls-rustls")]
+        debug.field(
+            "tls",
+            &self
+                .tls
+                .as_ref()
+                .map(|t| (t.root_cert.is_some(), t.client_tls.is_some())),
+        );
+        debug.finish()
     }
 }
 
