@@ -81,7 +81,9 @@ pub(crate) struct Slot {
     key: CacheKey,
     /// The parameters the token is requested with (never `force_renewal`).
     params: TokenParams,
-    current: ArcSwapOption<Entry>,
+    /// Behind its own `Arc` so a layer can keep an `arc_swap::Cache` of it: a check of one
+    /// pointer per request instead of a full load.
+    current: Arc<ArcSwapOption<Entry>>,
     flight: tokio::sync::Mutex<()>,
     /// Bumped by every completed attempt and every invalidation, so waiters can tell that
     /// something happened while they waited.
@@ -97,6 +99,10 @@ struct Failure {
     generation: u64,
     error: Error,
 }
+
+/// What a layer's service keeps to read the default token: it re-reads the slot only when the
+/// slot's pointer changed.
+pub(crate) type DefaultTokenCache = arc_swap::Cache<Arc<ArcSwapOption<Entry>>, Option<Arc<Entry>>>;
 
 /// A cached token with its ready-made `Authorization` value.
 pub(crate) struct Entry {
@@ -468,10 +474,13 @@ impl TokenManager {
 
     /// The hot path: the default token's header if it is usable, without locks or allocation.
     /// A token due for renewal is still returned while one renewal runs in the background.
-    pub(crate) fn cached_header(&self, client: &Arc<ClientEntry>) -> Option<(HeaderValue, u64)> {
+    pub(crate) fn cached_header(
+        &self,
+        client: &Arc<ClientEntry>,
+        tokens: &mut DefaultTokenCache,
+    ) -> Option<(HeaderValue, u64)> {
+        let entry = tokens.load().as_ref()?;
         let slot = &client.default_slot;
-        let guard = slot.current.load();
-        let entry = guard.as_ref()?;
         let now = self.inner.clock.now_coarse();
         if now < entry.fresh_until_coarse {
             return Some((entry.header.clone(), entry.id));
@@ -481,6 +490,11 @@ impl TokenManager {
             return Some((entry.header.clone(), entry.id));
         }
         None
+    }
+
+    /// A per-service view of the client's default token for [`cached_header`](Self::cached_header).
+    pub(crate) fn default_token_cache(client: &ClientEntry) -> DefaultTokenCache {
+        arc_swap::Cache::new(client.default_slot.current.clone())
     }
 
     pub(crate) fn slot_for(&self, client: &ClientEntry, params: &TokenParams) -> Arc<Slot> {
@@ -898,7 +912,7 @@ impl Slot {
         Slot {
             key,
             params,
-            current: ArcSwapOption::empty(),
+            current: Arc::new(ArcSwapOption::empty()),
             flight: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             last_failure: ArcSwapOption::empty(),

@@ -101,7 +101,7 @@ impl AccessTokenLayerBuilder {
                 self.client
             )));
         } else {
-            Origins::List(
+            Origins::list(
                 self.origins
                     .iter()
                     .map(|o| Origin::parse(o))

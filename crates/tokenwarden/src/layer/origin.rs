@@ -6,7 +6,12 @@ use crate::Error;
 #[derive(Clone, Debug)]
 pub(crate) enum Origins {
     Any,
-    List(Vec<Origin>),
+    List {
+        origins: Vec<Origin>,
+        /// Every origin's authority as text (`host:port`, and `host` alone for a default port)
+        /// with its scheme: compared byte for byte on the hot path, before any parsing.
+        spellings: Vec<(bool, String)>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,9 +19,6 @@ pub(crate) struct Origin {
     https: bool,
     host: String,
     port: u16,
-    /// `host:port`, and `host` alone when the port is the scheme's default: the spellings of
-    /// this origin's authority, compared as text on the hot path before any parsing.
-    authorities: Vec<String>,
 }
 
 impl Origin {
@@ -38,41 +40,16 @@ impl Origin {
         }
         let host = authority.host().to_ascii_lowercase();
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let mut authorities = vec![format!("{host}:{port}")];
-        if port == if https { 443 } else { 80 } {
-            authorities.push(host.clone());
-        }
-        Ok(Origin {
-            https,
-            host,
-            port,
-            authorities,
-        })
+        Ok(Origin { https, host, port })
     }
 
-    fn matches(&self, uri: &Uri) -> bool {
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            Some(s) if s.eq_ignore_ascii_case("https") => true,
-            Some(s) if s.eq_ignore_ascii_case("http") => false,
-            _ => return false,
-        };
-        if https != self.https {
-            return false;
-        }
-        let Some(authority) = uri.authority() else {
-            return false;
-        };
-        // Fast path: the authority spelled exactly as one of ours (a memcmp, no parsing).
-        let text = authority.as_str();
-        if self
-            .authorities
-            .iter()
-            .any(|a| a.as_bytes() == text.as_bytes())
-        {
-            return true;
-        }
+    fn spellings(&self) -> impl Iterator<Item = (bool, String)> + '_ {
+        let default_port = self.port == if self.https { 443 } else { 80 };
+        let bare = default_port.then(|| (self.https, self.host.clone()));
+        std::iter::once((self.https, format!("{}:{}", self.host, self.port))).chain(bare)
+    }
+
+    fn matches(&self, https: bool, uri: &Uri) -> bool {
         let Some(host) = uri.host() else {
             return false;
         };
@@ -82,13 +59,32 @@ impl Origin {
 }
 
 impl Origins {
+    pub(crate) fn list(origins: Vec<Origin>) -> Origins {
+        let spellings = origins.iter().flat_map(Origin::spellings).collect();
+        Origins::List { origins, spellings }
+    }
+
     /// Whether a token may be attached to a request for `uri`. A URI without scheme and host (a
     /// path only) never matches a list: where it goes is not known here.
     pub(crate) fn allows(&self, uri: &Uri) -> bool {
-        match self {
-            Origins::Any => true,
-            Origins::List(list) => list.iter().any(|o| o.matches(uri)),
-        }
+        let Origins::List { origins, spellings } = self else {
+            return true;
+        };
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            Some(s) if s.eq_ignore_ascii_case("https") => true,
+            Some(s) if s.eq_ignore_ascii_case("http") => false,
+            _ => return false,
+        };
+        let Some(authority) = uri.authority() else {
+            return false;
+        };
+        let text = authority.as_str().as_bytes();
+        spellings
+            .iter()
+            .any(|(h, a)| *h == https && a.as_bytes() == text)
+            || origins.iter().any(|o| o.matches(https, uri))
     }
 }
 
@@ -98,7 +94,7 @@ mod tests {
 
     fn allows(origins: &[&str], uri: &str) -> bool {
         let list = origins.iter().map(|o| Origin::parse(o).unwrap()).collect();
-        Origins::List(list).allows(&uri.parse().unwrap())
+        Origins::list(list).allows(&uri.parse().unwrap())
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::origin::Origins;
-use crate::manager::ClientEntry;
+use crate::manager::{ClientEntry, DefaultTokenCache};
 use crate::{Error, TokenManager};
 
 /// A future resolving to an `Authorization` value and the id of the token in it.
@@ -36,6 +36,7 @@ pub(crate) struct Shared {
 pub struct AccessTokenService<S> {
     inner: S,
     shared: Arc<Shared>,
+    tokens: DefaultTokenCache,
 }
 
 /// Each clone gets its own `Arc<Shared>`: response futures hold a reference to it, and a count
@@ -45,6 +46,7 @@ impl<S: Clone> Clone for AccessTokenService<S> {
         AccessTokenService {
             inner: self.inner.clone(),
             shared: Arc::new(Shared::clone(&self.shared)),
+            tokens: self.tokens.clone(),
         }
     }
 }
@@ -60,7 +62,12 @@ impl<S: fmt::Debug> fmt::Debug for AccessTokenService<S> {
 
 impl<S> AccessTokenService<S> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        AccessTokenService { inner, shared }
+        let tokens = TokenManager::default_token_cache(&shared.client);
+        AccessTokenService {
+            inner,
+            shared,
+            tokens,
+        }
     }
 
     /// The inner service.
@@ -105,7 +112,9 @@ where
             .filter(|p| p.is_force_renewal() || !p.uses_default_key())
             .map(|p| Box::new(p.clone()));
         let cached = match params {
-            None => shared.manager.cached_header(&shared.client),
+            None => shared
+                .manager
+                .cached_header(&shared.client, &mut self.tokens),
             Some(_) => None,
         };
         let exact_size = request.body().size_hint().exact();
