@@ -242,7 +242,10 @@ impl TokenCache for RedisTokenCache {
                     let reply = redis::cmd("GET").arg(rk).query_async(&mut con).await;
                     match reply {
                         // Someone stored another type under our key: a corrupt entry, not an outage.
-                        Err(e) if e.code() == Some("WRONGTYPE") => Ok(None),
+                        Err(e) if e.code() == Some("WRONGTYPE") => {
+                            tracing::warn!(key = %key, "ignoring redis token cache entry of the wrong type");
+                            Ok(None)
+                        }
                         other => other,
                     }
                 })
