@@ -15,6 +15,19 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     fn now_coarse(&self) -> SystemTime {
         self.now()
     }
+
+    /// [`now_coarse`](Clock::now_coarse) as nanoseconds since the Unix epoch (0 before it,
+    /// saturating in the year 2554): what a hot path compares against a precomputed deadline.
+    fn now_coarse_unix_nanos(&self) -> u64 {
+        unix_nanos(self.now_coarse())
+    }
+}
+
+/// `t` as nanoseconds since the Unix epoch: 0 for earlier times, saturating in the year 2554.
+pub fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// How far [`Clock::now_coarse`] may lag behind [`Clock::now`] (a kernel tick is 1 to 10 ms).
@@ -37,6 +50,16 @@ impl Clock for SystemClock {
         match (u64::try_from(ts.tv_sec), u32::try_from(ts.tv_nsec)) {
             (Ok(secs), Ok(nanos)) => UNIX_EPOCH + Duration::new(secs, nanos),
             _ => SystemTime::now(),
+        }
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[inline]
+    fn now_coarse_unix_nanos(&self) -> u64 {
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+        match (u64::try_from(ts.tv_sec), u64::try_from(ts.tv_nsec)) {
+            (Ok(secs), Ok(nanos)) => secs.saturating_mul(1_000_000_000).saturating_add(nanos),
+            _ => 0,
         }
     }
 }
@@ -73,14 +96,16 @@ impl ManualClock {
 }
 
 fn to_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    unix_nanos(t)
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_nanos(self.nanos_since_epoch.load(Ordering::SeqCst))
+    }
+
+    fn now_coarse_unix_nanos(&self) -> u64 {
+        self.nanos_since_epoch.load(Ordering::SeqCst)
     }
 }
 
