@@ -10,7 +10,7 @@ use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use tokenwarden_core::{
     AccessToken, COARSE_CLOCK_LAG, CacheKey, CachedToken, Clock, Lease, Secret, SystemClock,
-    TokenCache, TokenParams,
+    TokenCache, TokenParams, unix_nanos,
 };
 use tokenwarden_oauth::{ClientCredentials, OAuthClient, TokenResponse};
 
@@ -112,9 +112,9 @@ pub(crate) struct Entry {
     /// invalidate exactly that token without holding on to (and contending for) the header.
     pub(crate) id: u64,
     /// `renew_at` and `expires_at` moved earlier by the coarse clock's lag, so the hot path
-    /// compares a coarse reading directly.
-    fresh_until_coarse: SystemTime,
-    usable_until_coarse: SystemTime,
+    /// compares a coarse reading directly (nanoseconds since the Unix epoch).
+    fresh_until_coarse: u64,
+    usable_until_coarse: u64,
 }
 
 #[derive(Default)]
@@ -472,27 +472,28 @@ impl TokenManager {
         self.inner.counters.replays.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The hot path: the default token's header if it is usable, without locks or allocation.
-    /// A token due for renewal is still returned while one renewal runs in the background.
-    pub(crate) fn cached_header(
+    /// The hot path: the default token if it is usable, without locks, allocation or writes to
+    /// memory other threads read. A token due for renewal is still returned while one renewal
+    /// runs in the background.
+    #[inline]
+    pub(crate) fn usable_default<'a>(
         &self,
         client: &Arc<ClientEntry>,
-        tokens: &mut DefaultTokenCache,
-    ) -> Option<(HeaderValue, u64)> {
+        tokens: &'a mut DefaultTokenCache,
+    ) -> Option<&'a Arc<Entry>> {
         let entry = tokens.load().as_ref()?;
-        let slot = &client.default_slot;
-        let now = self.inner.clock.now_coarse();
+        let now = self.inner.clock.now_coarse_unix_nanos();
         if now < entry.fresh_until_coarse {
-            return Some((entry.header.clone(), entry.id));
+            return Some(entry);
         }
         if now < entry.usable_until_coarse {
-            self.renew_in_background(client, slot, self.now());
-            return Some((entry.header.clone(), entry.id));
+            self.renew_in_background(client, &client.default_slot, self.now());
+            return Some(entry);
         }
         None
     }
 
-    /// A per-service view of the client's default token for [`cached_header`](Self::cached_header).
+    /// A per-service view of the client's default token for [`usable_default`](Self::usable_default).
     pub(crate) fn default_token_cache(client: &ClientEntry) -> DefaultTokenCache {
         arc_swap::Cache::new(client.default_slot.current.clone())
     }
@@ -873,7 +874,8 @@ impl TokenManager {
         let id = self.inner.entry_ids.fetch_add(1, Ordering::Relaxed);
         // The coarse clock may lag: deadlines for it are earlier by its bound, so an expired
         // token is never sent.
-        let early = |t: SystemTime| t.checked_sub(COARSE_CLOCK_LAG).unwrap_or(UNIX_EPOCH);
+        let early =
+            |t: SystemTime| unix_nanos(t.checked_sub(COARSE_CLOCK_LAG).unwrap_or(UNIX_EPOCH));
         Ok(Entry {
             fresh_until_coarse: early(cached.renew_at()),
             usable_until_coarse: early(cached.expires_at()),

@@ -13,16 +13,66 @@ use pin_project_lite::pin_project;
 use tokenwarden_core::{BoxError, TokenParams};
 use tower_service::Service;
 
+use super::capture::Captured;
 use super::service::{
-    Captured, HeaderFuture, Shared, acquire_header, invalidate_rejected, renew_after_rejection,
+    HeaderFuture, Shared, acquire_header, invalidate_rejected, renew_after_rejection,
     set_authorization,
 };
 
 pin_project! {
-    /// The response future of [`AccessTokenService`](super::AccessTokenService): a small state
-    /// machine that buffers a replayable body, waits for a token when none is cached, sends, and
-    /// after a 401 renews the token and replays once.
+    /// The response future of [`AccessTokenService`](super::AccessTokenService). On the hot path
+    /// (a cached token) it is the inner service's future plus what it takes to act on a 401; every
+    /// slower path (buffering a body, waiting for a token, renewing and replaying after a 401)
+    /// runs in a boxed state machine, so the common future stays small and cheap to move.
     pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+        B: Body,
+    {
+        #[pin]
+        kind: Kind<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S, B>
+    where
+        S: Service<Request<B>>,
+        B: Body,
+    {
+        // Requests the layer does not touch.
+        Passthrough {
+            #[pin]
+            future: S::Future,
+        },
+        // Sent with a cached token: watching the response for a 401.
+        Sending {
+            #[pin]
+            future: S::Future,
+            watch: Option<Watch<S>>,
+        },
+        Cold {
+            cold: Pin<Box<Cold<S, B>>>,
+        },
+    }
+}
+
+/// What a request sent with a cached token keeps, to act on a 401.
+pub(crate) struct Watch<S> {
+    // The layer's id in the registry: its configuration is looked up only after a 401.
+    pub(crate) layer: u64,
+    // The id of the token that was sent, to invalidate exactly that token. (A request with
+    // parameters of its own never takes this path, so the default parameters are implied.)
+    pub(crate) sent: u64,
+    // A (not yet ready) service to replay with and the request as it was, if it can be replayed.
+    pub(crate) replay: Option<(S, Captured)>,
+}
+
+pin_project! {
+    /// The slow paths, as one state machine: buffers a replayable body, waits for a token when
+    /// none is cached, sends, and after a 401 renews the token and replays once.
+    struct Cold<S, B>
     where
         S: Service<Request<B>>,
         B: Body,
@@ -82,11 +132,6 @@ pin_project! {
             #[pin]
             future: S::Future,
         },
-        // Requests the layer does not touch.
-        Passthrough {
-            #[pin]
-            future: S::Future,
-        },
     }
 }
 
@@ -96,8 +141,13 @@ where
     B: Body,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.kind {
+            Kind::Passthrough { .. } => "passthrough",
+            Kind::Sending { .. } => "sending",
+            Kind::Cold { .. } => "cold",
+        };
         f.debug_struct("ResponseFuture")
-            .field("replayable", &self.replay_service.is_some())
+            .field("state", &state)
             .finish_non_exhaustive()
     }
 }
@@ -109,30 +159,17 @@ where
 {
     pub(crate) fn passthrough(future: S::Future) -> Self {
         ResponseFuture {
-            state: State::Passthrough { future },
-            shared: None,
-            replay_service: None,
-            captured: None,
-            sent: None,
-            params: None,
+            kind: Kind::Passthrough { future },
         }
     }
 
-    pub(crate) fn sending(
-        future: S::Future,
-        shared: Arc<Shared>,
-        replay: Option<(S, Captured)>,
-        sent: u64,
-        params: Option<Box<TokenParams>>,
-    ) -> Self {
-        let (replay_service, captured) = replay.unzip();
+    #[inline]
+    pub(crate) fn sending(future: S::Future, watch: Watch<S>) -> Self {
         ResponseFuture {
-            state: State::Sending { future },
-            shared: Some(shared),
-            replay_service,
-            captured,
-            sent: Some(sent),
-            params,
+            kind: Kind::Sending {
+                future,
+                watch: Some(watch),
+            },
         }
     }
 
@@ -145,7 +182,7 @@ where
         params: Option<Box<TokenParams>>,
     ) -> Self {
         let (replay_service, captured) = replay.unzip();
-        ResponseFuture {
+        Self::cold(Cold {
             state: State::AwaitingToken {
                 token,
                 request: Some(Box::new(request)),
@@ -156,7 +193,7 @@ where
             captured,
             sent: None,
             params,
-        }
+        })
     }
 
     pub(crate) fn collecting(
@@ -168,7 +205,7 @@ where
         params: Option<Box<TokenParams>>,
     ) -> Self {
         let (parts, body) = request.into_parts();
-        ResponseFuture {
+        Self::cold(Cold {
             state: State::Collecting {
                 collect: Box::pin(body.collect()),
                 parts: Some(Box::new(parts)),
@@ -180,11 +217,96 @@ where
             captured: None,
             sent: None,
             params,
+        })
+    }
+
+    fn cold(cold: Cold<S, B>) -> Self {
+        ResponseFuture {
+            kind: Kind::Cold {
+                cold: Box::pin(cold),
+            },
         }
     }
 }
 
 impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    B: Body + From<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResBody>, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut kind = self.project().kind;
+        let cold = match kind.as_mut().project() {
+            KindProj::Passthrough { future } => return future.poll(cx).map_err(Into::into),
+            KindProj::Cold { cold } => return cold.as_mut().poll(cx),
+            KindProj::Sending { future, watch } => {
+                let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                if response.status() != StatusCode::UNAUTHORIZED {
+                    return Poll::Ready(Ok(response));
+                }
+                let Some(watch) = watch.take() else {
+                    return Poll::Ready(Ok(response));
+                };
+                // The layer is gone only if every service built from it was dropped: nothing
+                // is left to renew the token with, so the 401 goes back as it is.
+                let Some(shared) = super::registry::find(watch.layer) else {
+                    return Poll::Ready(Ok(response));
+                };
+                Cold::after_rejection(shared, watch, response)
+            }
+        };
+        kind.set(Kind::Cold {
+            cold: Box::pin(cold),
+        });
+        match kind.project() {
+            KindProj::Cold { cold } => cold.as_mut().poll(cx),
+            _ => Poll::Ready(Err(polled_after_completion())),
+        }
+    }
+}
+
+impl<S, B> Cold<S, B>
+where
+    S: Service<Request<B>>,
+    B: Body,
+{
+    /// A 401 came back to a request sent with a cached token: renew and replay, or, if the
+    /// request cannot be replayed, invalidate the token and return the 401.
+    fn after_rejection(shared: Arc<Shared>, watch: Watch<S>, response: S::Response) -> Self {
+        let Watch {
+            layer: _,
+            sent,
+            replay,
+        } = watch;
+        let (replay_service, captured) = replay.unzip();
+        let state = if captured.is_some() {
+            State::Renewing {
+                token: renew_after_rejection(shared.clone(), None, sent),
+                response: Some(Box::new(response)),
+            }
+        } else {
+            State::Invalidating {
+                invalidate: invalidate_rejected(shared.clone(), None, sent),
+                response: Some(Box::new(response)),
+            }
+        };
+        Cold {
+            state,
+            shared: Some(shared),
+            replay_service,
+            captured,
+            sent: Some(sent),
+            params: None,
+        }
+    }
+}
+
+impl<S, B, ResBody> Future for Cold<S, B>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
@@ -320,7 +442,7 @@ where
                     *this.replay_service = None;
                     this.state.set(State::Replaying { future });
                 }
-                StateProj::Replaying { future } | StateProj::Passthrough { future } => {
+                StateProj::Replaying { future } => {
                     // A second 401 goes back to the caller as it is.
                     return future.poll(cx).map_err(Into::into);
                 }

@@ -44,7 +44,7 @@ impl<S> Layer<S> for AccessTokenLayer {
     type Service = AccessTokenService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AccessTokenService::from_shared(inner, Arc::new(Shared::clone(&self.shared)))
+        AccessTokenService::from_shared(inner, self.shared.clone())
     }
 }
 
@@ -109,10 +109,11 @@ impl AccessTokenLayerBuilder {
             )
         };
         Ok(AccessTokenLayer {
-            shared: Arc::new(Shared {
+            shared: super::registry::register(|id| Shared {
+                id,
                 manager: self.manager,
                 client,
-                origins: Arc::new(origins),
+                origins,
                 max_replay_bytes: self.max_replay_bytes,
                 replay: self.replay,
             }),

@@ -55,11 +55,13 @@
 //! # }
 //! ```
 
+mod capture;
 mod future;
 // The layout conventions (layer.rs, service.rs, future.rs) name this file after its folder.
 #[allow(clippy::module_inception)]
 mod layer;
 mod origin;
+mod registry;
 mod service;
 
 pub use future::ResponseFuture;

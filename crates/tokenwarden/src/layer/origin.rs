@@ -66,6 +66,7 @@ impl Origins {
 
     /// Whether a token may be attached to a request for `uri`. A URI without scheme and host (a
     /// path only) never matches a list: where it goes is not known here.
+    #[inline]
     pub(crate) fn allows(&self, uri: &Uri) -> bool {
         let Origins::List { origins, spellings } = self else {
             return true;

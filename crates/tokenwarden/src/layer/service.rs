@@ -7,13 +7,13 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
-use http::header::HeaderName;
-use http::{Extensions, HeaderValue, Method, Request, Uri, Version};
+use http::{HeaderValue, Request};
 use http_body::Body;
 use tokenwarden_core::{BoxError, TokenParams};
 use tower_service::Service;
 
-use super::future::ResponseFuture;
+use super::capture::Captured;
+use super::future::{ResponseFuture, Watch};
 use super::origin::Origins;
 use crate::manager::{ClientEntry, DefaultTokenCache};
 use crate::{Error, TokenManager};
@@ -22,31 +22,39 @@ use crate::{Error, TokenManager};
 pub(crate) type HeaderFuture =
     Pin<Box<dyn Future<Output = Result<(HeaderValue, u64), Error>> + Send>>;
 
-/// The layer's configuration, which its services and their response futures refer to.
-#[derive(Clone)]
+/// The layer's configuration, shared by the layer, its services and (for a 401) their response
+/// futures. Read on every request and written never, so sharing it costs no contention.
 pub(crate) struct Shared {
+    /// This configuration's key in the [registry](super::registry).
+    pub(crate) id: u64,
     pub(crate) manager: TokenManager,
     pub(crate) client: Arc<ClientEntry>,
-    pub(crate) origins: Arc<Origins>,
+    pub(crate) origins: Origins,
     pub(crate) max_replay_bytes: usize,
     pub(crate) replay: bool,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        super::registry::forget(self.id);
+    }
 }
 
 /// The middleware built by [`AccessTokenLayer`](super::AccessTokenLayer).
 pub struct AccessTokenService<S> {
     inner: S,
     shared: Arc<Shared>,
-    tokens: DefaultTokenCache,
+    token: LocalToken,
 }
 
-/// Each clone gets its own `Arc<Shared>`: response futures hold a reference to it, and a count
-/// shared by every task on every core would be a contended write on each request.
+/// Each clone gets its own copy of the token's header: every request carries a reference to it,
+/// and a count shared by every task on every core would be a contended write on each request.
 impl<S: Clone> Clone for AccessTokenService<S> {
     fn clone(&self) -> Self {
         AccessTokenService {
             inner: self.inner.clone(),
-            shared: Arc::new(Shared::clone(&self.shared)),
-            tokens: self.tokens.clone(),
+            shared: self.shared.clone(),
+            token: self.token.fresh_copy(),
         }
     }
 }
@@ -60,13 +68,58 @@ impl<S: fmt::Debug> fmt::Debug for AccessTokenService<S> {
     }
 }
 
+/// One service's view of its client's default token.
+pub(crate) struct LocalToken {
+    entries: DefaultTokenCache,
+    /// The current token's `Authorization` value, copied for this service alone. Every request
+    /// carries a clone of it, and cloning a `HeaderValue` bumps the reference count of its bytes:
+    /// with one value for the whole process that count would be written by every request on
+    /// every core; with a copy per service, only by this service's requests.
+    header: Option<(u64, HeaderValue)>,
+}
+
+impl LocalToken {
+    fn new(client: &ClientEntry) -> Self {
+        LocalToken {
+            entries: TokenManager::default_token_cache(client),
+            header: None,
+        }
+    }
+
+    fn fresh_copy(&self) -> Self {
+        LocalToken {
+            entries: self.entries.clone(),
+            header: None,
+        }
+    }
+
+    /// The default token's header and id, if a usable token is cached.
+    #[inline]
+    fn current(&mut self, shared: &Shared) -> Option<(HeaderValue, u64)> {
+        let entry = shared
+            .manager
+            .usable_default(&shared.client, &mut self.entries)?;
+        match &self.header {
+            Some((id, header)) if *id == entry.id => Some((header.clone(), *id)),
+            _ => {
+                // A new token: copy its header once for this service.
+                let mut copy = HeaderValue::from_bytes(entry.header.as_bytes())
+                    .unwrap_or_else(|_| entry.header.clone());
+                copy.set_sensitive(true);
+                self.header = Some((entry.id, copy.clone()));
+                Some((copy, entry.id))
+            }
+        }
+    }
+}
+
 impl<S> AccessTokenService<S> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        let tokens = TokenManager::default_token_cache(&shared.client);
+        let token = LocalToken::new(&shared.client);
         AccessTokenService {
             inner,
             shared,
-            tokens,
+            token,
         }
     }
 
@@ -101,145 +154,98 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let shared = &self.shared;
+        let shared = &*self.shared;
         if !shared.origins.allows(request.uri()) {
             return ResponseFuture::passthrough(self.inner.call(request));
         }
-        let params = request
+        let default_params = request
             .extensions()
             .get::<TokenParams>()
-            .filter(|p| p.is_force_renewal() || !p.uses_default_key())
-            .map(|p| Box::new(p.clone()));
-        let cached = match params {
-            None => shared
-                .manager
-                .cached_header(&shared.client, &mut self.tokens),
-            Some(_) => None,
+            .is_none_or(|p| !p.is_force_renewal() && p.uses_default_key());
+        let cached = match default_params {
+            true => self.token.current(shared),
+            false => None,
+        };
+        let Some((header, id)) = cached else {
+            return self.call_slow(request, None);
         };
         let exact_size = request.body().size_hint().exact();
         let replayable =
             shared.replay && exact_size.is_some_and(|n| n <= shared.max_replay_bytes as u64);
         // An empty body needs no buffering: the replay sends an empty body too.
-        let buffered = exact_size == Some(0);
-        match cached {
-            // The hot path: a cached token and nothing to wait for, so the ready inner service is
-            // called right here.
-            Some((header, id)) if !replayable || buffered => {
-                let replay =
-                    replayable.then(|| (self.inner.clone(), Captured::new(&request, Bytes::new())));
-                // One hash lookup in the common case: insert ours, and should the caller have set
-                // an Authorization header of their own, put theirs back and leave the request be.
-                if let Some(own) = request.headers_mut().insert(AUTHORIZATION, header) {
-                    request.headers_mut().insert(AUTHORIZATION, own);
-                    return ResponseFuture::passthrough(self.inner.call(request));
-                }
-                let future = self.inner.call(request);
-                ResponseFuture::sending(future, shared.clone(), replay, id, params)
-            }
-            _ if request.headers().contains_key(AUTHORIZATION) => {
-                ResponseFuture::passthrough(self.inner.call(request))
-            }
-            cached => {
-                // The ready service goes into the future, which first waits for a token or a body;
-                // `self` keeps a clone that will be made ready again.
-                let clone = self.inner.clone();
-                let ready = mem::replace(&mut self.inner, clone);
-                if replayable && !buffered {
-                    let replay_service = self.inner.clone();
-                    return ResponseFuture::collecting(
-                        request,
-                        ready,
-                        replay_service,
-                        shared.clone(),
-                        cached,
-                        params,
-                    );
-                }
-                let replay =
-                    replayable.then(|| (self.inner.clone(), Captured::new(&request, Bytes::new())));
-                let token = acquire_header(shared.clone(), params.as_deref().cloned());
-                ResponseFuture::awaiting_token(
-                    request,
-                    ready,
-                    shared.clone(),
-                    replay,
-                    token,
-                    params,
-                )
-            }
+        if replayable && exact_size != Some(0) {
+            return self.call_slow(request, Some((header, id)));
         }
+        // The hot path: a cached token and nothing to wait for, so the ready inner service is
+        // called right here (in this function, so the request is not moved once more).
+        let replay =
+            replayable.then(|| (self.inner.clone(), Captured::new(&request, Bytes::new())));
+        // One hash lookup in the common case: insert ours, and should the caller have set an
+        // Authorization header of their own, put theirs back and leave the request be.
+        if let Some(own) = request.headers_mut().insert(AUTHORIZATION, header) {
+            request.headers_mut().insert(AUTHORIZATION, own);
+            return ResponseFuture::passthrough(self.inner.call(request));
+        }
+        let watch = Watch {
+            layer: shared.id,
+            sent: id,
+            replay,
+        };
+        ResponseFuture::sending(self.inner.call(request), watch)
+    }
+}
+
+impl<S: Clone> AccessTokenService<S> {
+    /// Everything else: per-request parameters, no cached token, or a body to buffer first.
+    #[inline(never)]
+    fn call_slow<B>(
+        &mut self,
+        request: Request<B>,
+        cached: Option<(HeaderValue, u64)>,
+    ) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+        B: Body,
+    {
+        let shared = &self.shared;
+        let params = request
+            .extensions()
+            .get::<TokenParams>()
+            .filter(|p| p.is_force_renewal() || !p.uses_default_key())
+            .map(|p| Box::new(p.clone()));
+        if request.headers().contains_key(AUTHORIZATION) {
+            return ResponseFuture::passthrough(self.inner.call(request));
+        }
+        let exact_size = request.body().size_hint().exact();
+        let replayable =
+            shared.replay && exact_size.is_some_and(|n| n <= shared.max_replay_bytes as u64);
+        let buffered = exact_size == Some(0);
+        // The ready service goes into the future, which first waits for a token or a body;
+        // `self` keeps a clone that will be made ready again.
+        let clone = self.inner.clone();
+        let ready = mem::replace(&mut self.inner, clone);
+        if replayable && !buffered {
+            let replay_service = self.inner.clone();
+            return ResponseFuture::collecting(
+                request,
+                ready,
+                replay_service,
+                shared.clone(),
+                cached,
+                params,
+            );
+        }
+        let replay =
+            replayable.then(|| (self.inner.clone(), Captured::new(&request, Bytes::new())));
+        let token = acquire_header(shared.clone(), params.as_deref().cloned());
+        ResponseFuture::awaiting_token(request, ready, shared.clone(), replay, token, params)
     }
 }
 
 pub(crate) fn set_authorization<B>(request: &mut Request<B>, header: HeaderValue) {
     request.headers_mut().insert(AUTHORIZATION, header);
-}
-
-/// What is kept of a request so it can be sent again: everything but the `Authorization` header.
-pub(crate) struct Captured {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    // Every header name and value copied into one buffer: one allocation per request, where
-    // cloning the values would allocate for each (a value parsed from a string must be made
-    // shareable first). Parsed back into a map only in the rare case of a replay.
-    headers: Vec<u8>,
-    extensions: Extensions,
-    body: Bytes,
-}
-
-impl Captured {
-    pub(crate) fn new<B>(request: &Request<B>, body: Bytes) -> Self {
-        let map = request.headers();
-        let size = map
-            .iter()
-            .map(|(n, v)| 7 + n.as_str().len() + v.len())
-            .sum();
-        let mut headers = Vec::with_capacity(size);
-        for (name, value) in map {
-            // Lengths fit: hyper and every server cap a header far below 64 KiB names / 4 GiB values.
-            headers.extend_from_slice(&(name.as_str().len() as u16).to_le_bytes());
-            headers.extend_from_slice(name.as_str().as_bytes());
-            headers.extend_from_slice(&(value.len() as u32).to_le_bytes());
-            headers.extend_from_slice(value.as_bytes());
-            headers.push(u8::from(value.is_sensitive()));
-        }
-        Captured {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            version: request.version(),
-            headers,
-            extensions: request.extensions().clone(),
-            body,
-        }
-    }
-
-    /// The request to send again, with a new `Authorization`; `None` if a header cannot be
-    /// rebuilt exactly (a value the caller built unchecked), in which case nothing is replayed.
-    pub(crate) fn into_request<B: From<Bytes>>(self, header: HeaderValue) -> Option<Request<B>> {
-        let mut request = Request::new(B::from(self.body));
-        *request.method_mut() = self.method;
-        *request.uri_mut() = self.uri;
-        *request.version_mut() = self.version;
-        let map = request.headers_mut();
-        let mut rest = &self.headers[..];
-        while !rest.is_empty() {
-            let (name_len, tail) = rest.split_first_chunk::<2>()?;
-            let (name, tail) = tail.split_at_checked(usize::from(u16::from_le_bytes(*name_len)))?;
-            let (value_len, tail) = tail.split_first_chunk::<4>()?;
-            let value_len = usize::try_from(u32::from_le_bytes(*value_len)).ok()?;
-            let (value, tail) = tail.split_at_checked(value_len)?;
-            let (sensitive, tail) = tail.split_first()?;
-            let mut value = HeaderValue::from_bytes(value).ok()?;
-            value.set_sensitive(*sensitive == 1);
-            map.append(HeaderName::from_bytes(name).ok()?, value);
-            rest = tail;
-        }
-        *request.extensions_mut() = self.extensions;
-        set_authorization(&mut request, header);
-        Some(request)
-    }
 }
 
 /// The token for the first send when none was cached.
@@ -290,55 +296,94 @@ pub(crate) fn invalidate_rejected(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
     use http_body_util::Full;
+    use tokenwarden_testkit::TestServer;
+    use tower::{Service, ServiceExt};
 
-    #[test]
-    fn a_captured_request_comes_back_identical_but_for_the_new_token() {
-        let mut sensitive = HeaderValue::from_static("s3cr3t-cookie");
-        sensitive.set_sensitive(true);
-        let mut original = Request::post("https://api.example.com/v1/items?x=1")
-            .version(Version::HTTP_2)
-            .header("accept", "application/json")
-            .header("x-multi", "one")
-            .header("x-multi", "two")
-            .header(
-                "x-Custom-Name",
-                "caf\u{e9}"
-                    .as_bytes()
-                    .iter()
-                    .map(|b| *b as char)
-                    .collect::<String>(),
-            )
-            .header("cookie", sensitive)
-            .body(Full::new(Bytes::from_static(b"payload")))
+    use crate::{AccessTokenLayer, ClientCredentials};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn each_service_clone_sends_its_own_copy_of_the_header() {
+        let server = TestServer::builder()
+            .client("c", "s")
+            .start()
+            .await
             .unwrap();
-        original
-            .extensions_mut()
-            .insert(TokenParams::new().scope("a"));
-        let captured = Captured::new(&original, Bytes::from_static(b"payload"));
-        let new_token = HeaderValue::from_static("Bearer new");
-        let replay: Request<Full<Bytes>> = captured.into_request(new_token).unwrap();
+        let client = ClientCredentials::builder(&server.token_endpoint(), "c")
+            .client_secret("s")
+            .build()
+            .unwrap();
+        let manager = TokenManager::builder().client("c", client).build().unwrap();
+        manager.token("c").await.unwrap();
+        let layer = AccessTokenLayer::builder(&manager, "c")
+            .allow_any_origin()
+            .build()
+            .unwrap();
+        // Where each sent Authorization value's bytes live.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let inner = tower::service_fn(move |request: Request<Full<Bytes>>| {
+            let value = &request.headers()[AUTHORIZATION];
+            record
+                .lock()
+                .unwrap()
+                .push((value.as_bytes().as_ptr() as usize, value.clone()));
+            async { Ok::<_, Infallible>(http::Response::new(Full::<Bytes>::default())) }
+        });
+        let first = tower::Layer::layer(&layer, inner);
+        let mut services = [first.clone(), first];
+        for i in [0, 1, 0, 1] {
+            let request = Request::get("http://api.test/x")
+                .body(Full::default())
+                .unwrap();
+            let service = services[i].ready().await.unwrap();
+            service.call(request).await.unwrap();
+        }
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.iter().all(|(_, v)| *v == seen[0].1),
+            "the same token each time"
+        );
+        assert!(seen.iter().all(|(_, v)| v.is_sensitive()));
+        assert_eq!(seen[0].0, seen[2].0, "one service reuses its copy");
+        assert_eq!(seen[1].0, seen[3].0, "one service reuses its copy");
+        assert_ne!(
+            seen[0].0, seen[1].0,
+            "two clones never share the bytes (and their reference count)"
+        );
+        assert_eq!(server.token_requests("c"), 1);
+    }
 
-        assert_eq!(replay.method(), original.method());
-        assert_eq!(replay.uri(), original.uri());
-        assert_eq!(replay.version(), Version::HTTP_2);
-        assert_eq!(replay.headers()[AUTHORIZATION], "Bearer new");
-        let without_auth: Vec<_> = replay
-            .headers()
-            .iter()
-            .filter(|(n, _)| *n != AUTHORIZATION)
-            .collect();
-        let expected: Vec<_> = original.headers().iter().collect();
-        assert_eq!(
-            without_auth, expected,
-            "every header, in order, with repeated names kept"
+    #[tokio::test]
+    async fn a_layer_is_found_by_its_id_until_it_is_dropped() {
+        let client = ClientCredentials::builder("http://127.0.0.1:9/token", "c")
+            .client_secret("s")
+            .build()
+            .unwrap();
+        let manager = TokenManager::builder().client("c", client).build().unwrap();
+        let layer = AccessTokenLayer::builder(&manager, "c")
+            .allow_any_origin()
+            .build()
+            .unwrap();
+        let service = tower::Layer::layer(
+            &layer,
+            tower::service_fn(|_: Request<Full<Bytes>>| async {
+                Ok::<_, Infallible>(http::Response::new(Full::<Bytes>::default()))
+            }),
         );
-        assert!(replay.headers()["cookie"].is_sensitive());
-        assert_eq!(
-            replay.extensions().get::<TokenParams>(),
-            Some(&TokenParams::new().scope("a"))
+        let id = service.shared.id;
+        assert!(super::super::registry::find(id).is_some());
+        drop(layer);
+        assert!(
+            super::super::registry::find(id).is_some(),
+            "a service still uses the configuration"
         );
-        assert_eq!(http_body::Body::size_hint(replay.body()).exact(), Some(7));
+        drop(service);
+        assert!(super::super::registry::find(id).is_none());
     }
 }

@@ -1,0 +1,357 @@
+//! What the layer keeps of a request so it can send it again after a 401.
+//!
+//! The request itself is consumed by the inner service, so every replayable request is copied
+//! before it is sent. This is the largest cost the layer adds to a request, so the copy is made
+//! as cheap as it can be: the URI's parts and every header name and value go into one byte buffer
+//! (no reference count is touched and no value is allocated on its own), and that buffer comes
+//! from a small per-thread stash instead of the allocator. It is parsed back only on a replay.
+
+use std::mem;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, HeaderName};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Extensions, HeaderValue, Method, Request, Uri, Version};
+
+/// A request as it was before the layer added its `Authorization` header. It lives in a box
+/// taken from (and given back to) a small per-thread stash, so keeping it costs no allocation
+/// and the response future carries one pointer.
+pub(crate) struct Captured(Option<Box<Parts>>);
+
+struct Parts {
+    method: Method,
+    version: Version,
+    /// The URI's parts, then every header name and value.
+    bytes: Vec<u8>,
+    extensions: Extensions,
+    body: Bytes,
+}
+
+/// Marks a URI part that is absent, where a length would be.
+const ABSENT: u32 = u32::MAX;
+/// The scheme, as one byte when it is one of the two that matter.
+const NO_SCHEME: u8 = 0;
+const HTTP: u8 = 1;
+const HTTPS: u8 = 2;
+const OTHER_SCHEME: u8 = 3;
+
+impl Captured {
+    #[inline]
+    pub(crate) fn new<B>(request: &Request<B>, body: Bytes) -> Self {
+        let mut parts = stash::take();
+        let buf = &mut parts.bytes;
+        let uri = request.uri();
+        // Fixed-size fields first, then the text they describe: fewer, larger copies.
+        let authority = uri.authority().map(|a| a.as_str().as_bytes());
+        let path = uri.path_and_query().map(|p| p.as_str().as_bytes());
+        let scheme = match uri.scheme_str() {
+            None => NO_SCHEME,
+            Some("https") => HTTPS,
+            Some("http") => HTTP,
+            Some(_) => OTHER_SCHEME,
+        };
+        let mut head = [0; 9];
+        head[0] = scheme;
+        head[1..5].copy_from_slice(&len(authority).to_le_bytes());
+        head[5..9].copy_from_slice(&len(path).to_le_bytes());
+        buf.extend_from_slice(&head);
+        if scheme == OTHER_SCHEME {
+            put(buf, uri.scheme_str().map(str::as_bytes));
+        }
+        buf.extend_from_slice(authority.unwrap_or_default());
+        buf.extend_from_slice(path.unwrap_or_default());
+        for (name, value) in request.headers() {
+            let name = name.as_str().as_bytes();
+            let mut head = [0; 7];
+            // Lengths fit: hyper and every server cap a header name far below 64 KiB.
+            head[..2].copy_from_slice(&(name.len() as u16).to_le_bytes());
+            head[2..6].copy_from_slice(&len(Some(value.as_bytes())).to_le_bytes());
+            head[6] = u8::from(value.is_sensitive());
+            buf.extend_from_slice(&head);
+            buf.extend_from_slice(name);
+            buf.extend_from_slice(value.as_bytes());
+        }
+        parts.method = request.method().clone();
+        parts.version = request.version();
+        parts.extensions = request.extensions().clone();
+        parts.body = body;
+        Captured(Some(parts))
+    }
+
+    /// The request to send again, with `authorization` as its `Authorization` header; `None` if a
+    /// part cannot be rebuilt exactly (a value the caller built unchecked), in which case nothing
+    /// is replayed.
+    pub(crate) fn into_request<B: From<Bytes>>(
+        mut self,
+        authorization: HeaderValue,
+    ) -> Option<Request<B>> {
+        let parts = self.0.as_mut()?;
+        let mut request = Request::new(B::from(mem::take(&mut parts.body)));
+        *request.method_mut() = mem::take(&mut parts.method);
+        *request.version_mut() = parts.version;
+        *request.extensions_mut() = mem::take(&mut parts.extensions);
+        let mut rest = &parts.bytes[..];
+        let (head, tail) = rest.split_first_chunk::<9>()?;
+        rest = tail;
+        let [scheme, a0, a1, a2, a3, p0, p1, p2, p3] = *head;
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = match scheme {
+            NO_SCHEME => None,
+            HTTP => Some(Scheme::HTTP),
+            HTTPS => Some(Scheme::HTTPS),
+            _ => Some(Scheme::try_from(take(&mut rest)??).ok()?),
+        };
+        uri.authority = split(&mut rest, [a0, a1, a2, a3])?
+            .map(Authority::try_from)
+            .transpose()
+            .ok()?;
+        uri.path_and_query = split(&mut rest, [p0, p1, p2, p3])?
+            .map(PathAndQuery::try_from)
+            .transpose()
+            .ok()?;
+        *request.uri_mut() = Uri::from_parts(uri).ok()?;
+        let map = request.headers_mut();
+        while !rest.is_empty() {
+            let (head, tail) = rest.split_first_chunk::<7>()?;
+            rest = tail;
+            let [n0, n1, v0, v1, v2, v3, sensitive] = *head;
+            let (name, tail) = rest.split_at_checked(usize::from(u16::from_le_bytes([n0, n1])))?;
+            rest = tail;
+            let mut value = HeaderValue::from_bytes(split(&mut rest, [v0, v1, v2, v3])??).ok()?;
+            value.set_sensitive(sensitive == 1);
+            map.append(HeaderName::from_bytes(name).ok()?, value);
+        }
+        map.insert(AUTHORIZATION, authorization);
+        Some(request)
+    }
+}
+
+/// Appends a length-prefixed part, or the mark of an absent one.
+fn put(buf: &mut Vec<u8>, part: Option<&[u8]>) {
+    buf.extend_from_slice(&len(part).to_le_bytes());
+    buf.extend_from_slice(part.unwrap_or_default());
+}
+
+/// A part's length as written, or the mark of an absent part. A URI or a header value is far
+/// shorter than 4 GiB: hyper and every server cap them in kilobytes.
+#[inline]
+fn len(part: Option<&[u8]>) -> u32 {
+    part.map_or(ABSENT, |p| p.len() as u32)
+}
+
+/// Reads back what [`put`] wrote: `None` if the buffer is cut short, `Some(None)` for an absent part.
+fn take<'a>(rest: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+    let (len, tail) = rest.split_first_chunk::<4>()?;
+    *rest = tail;
+    split(rest, *len)
+}
+
+/// Splits off a part whose length (or absence) was written separately.
+fn split<'a>(rest: &mut &'a [u8], len: [u8; 4]) -> Option<Option<&'a [u8]>> {
+    let len = u32::from_le_bytes(len);
+    if len == ABSENT {
+        return Some(None);
+    }
+    let (part, tail) = rest.split_at_checked(usize::try_from(len).ok()?)?;
+    *rest = tail;
+    Some(Some(part))
+}
+
+impl Drop for Captured {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(parts) = self.0.take() {
+            stash::give_back(parts);
+        }
+    }
+}
+
+/// The per-thread stash of boxes. A thread keeps at most [`stash::SPARE_PER_THREAD`] boxes whose
+/// buffers hold at most [`stash::LARGEST_KEPT`] bytes; a box that does not fit (a request with
+/// unusually large headers, or a full stash) goes back to the allocator. A box dropped on
+/// another thread than the one that took it joins that thread's stash.
+mod stash {
+    use std::cell::RefCell;
+
+    use bytes::Bytes;
+    use http::{Extensions, Method, Version};
+
+    use super::Parts;
+
+    pub(super) const SPARE_PER_THREAD: usize = 32;
+    pub(super) const LARGEST_KEPT: usize = 4 * 1024;
+    const FIRST_CAPACITY: usize = 256;
+
+    thread_local! {
+        // Boxes, not values: the boxes themselves are what is reused.
+        #[allow(clippy::vec_box)]
+        pub(super) static SPARE: RefCell<Vec<Box<Parts>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    #[inline]
+    pub(super) fn take() -> Box<Parts> {
+        SPARE
+            .try_with(|spare| spare.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                Box::new(Parts {
+                    method: Method::GET,
+                    version: Version::default(),
+                    bytes: Vec::with_capacity(FIRST_CAPACITY),
+                    extensions: Extensions::new(),
+                    body: Bytes::new(),
+                })
+            })
+    }
+
+    #[inline]
+    pub(super) fn give_back(mut parts: Box<Parts>) {
+        if parts.bytes.capacity() > LARGEST_KEPT {
+            return;
+        }
+        // Nothing of the request outlives it in the stash but bytes of the buffer, which the
+        // next request overwrites, as freed memory would hold them until reused.
+        parts.bytes.clear();
+        parts.extensions.clear();
+        parts.body = Bytes::new();
+        parts.method = Method::GET;
+        let _ = SPARE.try_with(move |spare| {
+            if let Ok(mut spare) = spare.try_borrow_mut()
+                && spare.len() < SPARE_PER_THREAD
+            {
+                if spare.capacity() == 0 {
+                    spare.reserve_exact(SPARE_PER_THREAD);
+                }
+                spare.push(parts);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use tokenwarden_core::TokenParams;
+
+    #[test]
+    fn a_captured_request_comes_back_identical_but_for_the_new_token() {
+        let mut sensitive = HeaderValue::from_static("s3cr3t-cookie");
+        sensitive.set_sensitive(true);
+        let mut original = Request::post("https://api.example.com/v1/items?x=1")
+            .version(Version::HTTP_2)
+            .header("accept", "application/json")
+            .header("x-multi", "one")
+            .header("x-multi", "two")
+            .header(
+                "x-Custom-Name",
+                "caf\u{e9}"
+                    .as_bytes()
+                    .iter()
+                    .map(|b| *b as char)
+                    .collect::<String>(),
+            )
+            .header("cookie", sensitive)
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        original
+            .extensions_mut()
+            .insert(TokenParams::new().scope("a"));
+        let captured = Captured::new(&original, Bytes::from_static(b"payload"));
+        let new_token = HeaderValue::from_static("Bearer new");
+        let replay: Request<Full<Bytes>> = captured.into_request(new_token).unwrap();
+
+        assert_eq!(replay.method(), original.method());
+        assert_eq!(replay.uri(), original.uri());
+        assert_eq!(replay.version(), Version::HTTP_2);
+        assert_eq!(replay.headers()[AUTHORIZATION], "Bearer new");
+        let without_auth: Vec<_> = replay
+            .headers()
+            .iter()
+            .filter(|(n, _)| *n != AUTHORIZATION)
+            .collect();
+        let expected: Vec<_> = original.headers().iter().collect();
+        assert_eq!(
+            without_auth, expected,
+            "every header, in order, with repeated names kept"
+        );
+        assert!(replay.headers()["cookie"].is_sensitive());
+        assert_eq!(
+            replay.extensions().get::<TokenParams>(),
+            Some(&TokenParams::new().scope("a"))
+        );
+        assert_eq!(http_body::Body::size_hint(replay.body()).exact(), Some(7));
+    }
+
+    #[test]
+    fn every_form_of_uri_comes_back_as_it_was() {
+        for text in [
+            "https://api.example.com/v1/items?x=1&y=%20",
+            "http://api.example.com",
+            "http://127.0.0.1:8080/",
+            "http://[::1]:9000/path",
+            "https://user@host.example:443/a/b",
+            "/relative/path?q",
+            "api.example.com:443",
+            "*",
+            "custom+scheme://host/x",
+        ] {
+            let uri: Uri = text.parse().unwrap();
+            let request = Request::get(uri.clone())
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            let replay: Request<Full<Bytes>> = Captured::new(&request, Bytes::new())
+                .into_request(HeaderValue::from_static("Bearer t"))
+                .unwrap_or_else(|| panic!("{text} was not rebuilt"));
+            assert_eq!(replay.uri(), &uri, "{text}");
+            assert_eq!(replay.uri().to_string(), uri.to_string(), "{text}");
+        }
+    }
+
+    #[test]
+    fn large_headers_are_kept_whole_and_their_buffer_is_not_stashed() {
+        let big = "x".repeat(3 * stash::LARGEST_KEPT);
+        let request = Request::get("https://api.example.com/")
+            .header("x-big", big.as_str())
+            .method("PURGE")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        for _ in 0..3 {
+            let captured = Captured::new(&request, Bytes::new());
+            let replay: Request<Full<Bytes>> = captured
+                .into_request(HeaderValue::from_static("Bearer t"))
+                .unwrap();
+            assert_eq!(replay.headers()["x-big"], big.as_str());
+            assert_eq!(replay.method().as_str(), "PURGE");
+        }
+        // Only small buffers go back to the stash.
+        let largest = stash::SPARE.with(|s| {
+            s.borrow()
+                .iter()
+                .map(|p| p.bytes.capacity())
+                .max()
+                .unwrap_or(0)
+        });
+        assert!(largest <= stash::LARGEST_KEPT, "{largest}");
+    }
+
+    #[test]
+    fn a_stashed_box_holds_nothing_of_its_last_request() {
+        let mut request = Request::post("https://api.example.com/")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(TokenParams::new().scope("a"));
+        drop(Captured::new(&request, Bytes::from_static(b"body")));
+        stash::SPARE.with(|s| {
+            let s = s.borrow();
+            let parts = s.last().unwrap();
+            assert!(parts.bytes.is_empty());
+            assert!(parts.body.is_empty());
+            assert!(parts.extensions.is_empty());
+            assert_eq!(parts.method, Method::GET);
+        });
+    }
+}
