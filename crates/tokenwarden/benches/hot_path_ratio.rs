@@ -1,0 +1,191 @@
+//! The two ratios measured side by side, interleaved: the layer against tower-http's
+//! `AddAuthorization` with a static value, on a no-op inner service.
+//!
+//! `cargo bench -p tokenwarden --bench hot_path_ratio`
+//!
+//! Criterion measures one variant after another, so on a shared VM a drift of the machine's speed
+//! between two measurements shows up as a difference between the variants (the static baseline
+//! alone moved by ±10 % between runs here). This bench alternates short batches of every variant
+//! in rotating order, many rounds, and reports the median of the per-round ratios with the
+//! middle half of them, which a drift cannot bias.
+//!
+//! - single-thread: time per request of the layer / of the static layer (goal ≤ 1.10);
+//! - 2 workers, 64 tasks: throughput of the layer / of the static layer (goal ≥ 0.90).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::Full;
+use tokenwarden::{AccessTokenLayer, ClientCredentials, TokenManager};
+use tokenwarden_testkit::TestServer;
+use tower::{Service, ServiceBuilder};
+use tower_http::auth::AddAuthorizationLayer;
+
+use common::{noop, request};
+
+const ROUNDS: usize = 41;
+const SINGLE_BATCH: u64 = 20_000;
+const TASKS: u64 = 64;
+const PER_TASK: u64 = 2_000;
+
+/// Sends `count` requests one at a time, polling each response future once.
+fn single<S>(service: &mut S, uri: &Uri, count: u64) -> Duration
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let start = Instant::now();
+    for _ in 0..count {
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let mut future = std::pin::pin!(service.call(request(uri)));
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(response) => {
+                std::hint::black_box(response.unwrap());
+            }
+            std::task::Poll::Pending => panic!("the hot path waited"),
+        }
+    }
+    start.elapsed()
+}
+
+/// `TASKS` tasks on the runtime each send `PER_TASK` requests through their own clone.
+fn concurrent<S>(rt: &tokio::runtime::Runtime, service: &S, uri: &Uri) -> Duration
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+{
+    rt.block_on(async {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let (mut service, uri) = (service.clone(), uri.to_string().parse::<Uri>().unwrap());
+                tokio::spawn(async move {
+                    for _ in 0..PER_TASK {
+                        std::future::poll_fn(|cx| service.poll_ready(cx))
+                            .await
+                            .unwrap();
+                        std::hint::black_box(service.call(request(&uri)).await.unwrap());
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        start.elapsed()
+    })
+}
+
+/// The median and the middle half of `ratios`.
+fn summary(mut ratios: Vec<f64>) -> String {
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "median {:.3} (middle half {:.3}–{:.3}, all {:.3}–{:.3})",
+        at(0.5),
+        at(0.25),
+        at(0.75),
+        at(0.0),
+        at(1.0)
+    )
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: then one short round.
+    let rounds = if std::env::args().any(|a| a == "--bench") {
+        ROUNDS
+    } else {
+        1
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt
+        .block_on(
+            TestServer::builder()
+                .client("bench", "bench-secret")
+                .start(),
+        )
+        .unwrap();
+    let client = ClientCredentials::builder(&server.token_endpoint(), "bench")
+        .client_secret("bench-secret")
+        .build()
+        .unwrap();
+    let manager = TokenManager::builder()
+        .client("bench", client)
+        .build()
+        .unwrap();
+    let token = rt.block_on(manager.token("bench")).unwrap();
+    let uri: Uri = server.api_url("/resource").parse().unwrap();
+    let layer = |replay| {
+        AccessTokenLayer::builder(&manager, "bench")
+            .allow_origin(&server.base_url())
+            .replay_unauthorized(replay)
+            .build()
+            .unwrap()
+    };
+    let mut fixed = ServiceBuilder::new()
+        .layer(AddAuthorizationLayer::bearer(token.expose_secret()))
+        .service(noop());
+    let mut default = ServiceBuilder::new().layer(layer(true)).service(noop());
+    let mut no_replay = ServiceBuilder::new().layer(layer(false)).service(noop());
+
+    // Warm-up: caches, branch predictors, the per-thread stash.
+    single(&mut fixed, &uri, SINGLE_BATCH);
+    single(&mut default, &uri, SINGLE_BATCH);
+    single(&mut no_replay, &uri, SINGLE_BATCH);
+
+    let (mut time_default, mut time_no_replay) = (Vec::new(), Vec::new());
+    let (mut throughput_default, mut throughput_no_replay) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // Rotate the order so no variant always runs first or last.
+        let mut t = [Duration::ZERO; 3];
+        for k in 0..3 {
+            let v = (round + k) % 3;
+            t[v] = match v {
+                0 => single(&mut fixed, &uri, SINGLE_BATCH),
+                1 => single(&mut default, &uri, SINGLE_BATCH),
+                _ => single(&mut no_replay, &uri, SINGLE_BATCH),
+            };
+        }
+        time_default.push(t[1].as_secs_f64() / t[0].as_secs_f64());
+        time_no_replay.push(t[2].as_secs_f64() / t[0].as_secs_f64());
+        let mut c = [Duration::ZERO; 3];
+        for k in 0..3 {
+            let v = (round + k) % 3;
+            c[v] = match v {
+                0 => concurrent(&rt, &fixed, &uri),
+                1 => concurrent(&rt, &default, &uri),
+                _ => concurrent(&rt, &no_replay, &uri),
+            };
+        }
+        // Same number of requests each: throughput ratio = static time / layer time.
+        throughput_default.push(c[0].as_secs_f64() / c[1].as_secs_f64());
+        throughput_no_replay.push(c[0].as_secs_f64() / c[2].as_secs_f64());
+    }
+    println!("{rounds} rounds, interleaved; layer vs tower-http AddAuthorization (static value)");
+    println!(
+        "single-thread time ratio, default layer:    {}",
+        summary(time_default)
+    );
+    println!(
+        "single-thread time ratio, replay off:       {}",
+        summary(time_no_replay)
+    );
+    println!(
+        "2-worker throughput ratio, default layer:   {}",
+        summary(throughput_default)
+    );
+    println!(
+        "2-worker throughput ratio, replay off:      {}",
+        summary(throughput_no_replay)
+    );
+}
