@@ -121,6 +121,26 @@ async fn a_revoked_token_is_replaced_and_the_post_body_replayed() {
 }
 
 #[tokio::test]
+async fn a_401_after_the_service_is_gone_goes_back_as_it_is() {
+    let server = server().await;
+    let manager = manager(&server);
+    let mut client = stack(&manager, &server);
+    warm_up(&client, &server).await;
+    server.revoke_all();
+
+    let request = Request::get(server.api_url("/invoices"))
+        .body(Full::default())
+        .unwrap();
+    let response = client.ready().await.unwrap().call(request);
+    // Nothing built from the layer is left to renew the token with when the 401 arrives.
+    drop(client);
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(server.token_requests(CLIENT), 1, "no renewal was attempted");
+    assert_eq!(manager.metrics().replays, 0);
+}
+
+#[tokio::test]
 async fn burst_of_1000_unauthorized_responses_costs_one_renewal() {
     let server = server().await;
     let manager = manager(&server);
