@@ -616,6 +616,7 @@ impl TokenManager {
         }
     }
 
+    #[cold]
     fn renew_in_background(&self, client: &Arc<ClientEntry>, slot: &Arc<Slot>, now: SystemTime) {
         let now_ms = unix_ms(now);
         if now_ms < slot.renew_not_before_ms.load(Ordering::Relaxed) {
