@@ -245,12 +245,16 @@ where
             KindProj::Passthrough { future } => return future.poll(cx).map_err(Into::into),
             KindProj::Cold { cold } => return cold.as_mut().poll(cx),
             KindProj::Sending { future, watch } => {
-                let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                if response.status() != StatusCode::UNAUTHORIZED {
-                    return Poll::Ready(Ok(response));
+                // The response is looked at where it lies and moved once, into the result:
+                // each extra move of it costs on every request.
+                let poll = future.poll(cx);
+                let rejected = matches!(&poll, Poll::Ready(Ok(response))
+                    if response.status() == StatusCode::UNAUTHORIZED && watch.is_some());
+                if !rejected {
+                    return poll.map_err(Into::into);
                 }
-                let Some(watch) = watch.take() else {
-                    return Poll::Ready(Ok(response));
+                let (Poll::Ready(Ok(response)), Some(watch)) = (poll, watch.take()) else {
+                    return Poll::Ready(Err(polled_after_completion()));
                 };
                 // The layer is gone only if every service built from it was dropped: nothing
                 // is left to renew the token with, so the 401 goes back as it is.
