@@ -281,6 +281,7 @@ where
 {
     /// A 401 came back to a request sent with a cached token: renew and replay, or, if the
     /// request cannot be replayed, invalidate the token and return the 401.
+    #[cold]
     fn after_rejection(shared: Arc<Shared>, watch: Watch<S>, response: S::Response) -> Self {
         let Watch {
             layer: _,

@@ -27,6 +27,7 @@ pub(crate) fn register(make: impl FnOnce(u64) -> Shared) -> Arc<Shared> {
 }
 
 /// The configuration of layer `id`, unless every layer and service built from it is gone.
+#[cold]
 pub(crate) fn find(id: u64) -> Option<Arc<Shared>> {
     layers().get(&id)?.upgrade()
 }

@@ -199,6 +199,7 @@ where
 
 impl<S: Clone> AccessTokenService<S> {
     /// Everything else: per-request parameters, no cached token, or a body to buffer first.
+    #[cold]
     #[inline(never)]
     fn call_slow<B>(
         &mut self,
