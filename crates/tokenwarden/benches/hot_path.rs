@@ -18,29 +18,13 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
-use tokenwarden::{AccessTokenLayer, ClientCredentials, TokenManager, TokenManagerBuilder};
-use tokenwarden_testkit::{RedisServer, TestServer};
+use tokenwarden_redis::RedisTokenCache;
+use tokenwarden_testkit::RedisServer;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_http::auth::AddAuthorizationLayer;
 
-use common::{noop, request};
+use common::{Fixture, noop, request};
 
 const TASKS: usize = 64;
-
-async fn warm_manager(
-    server: &TestServer,
-    configure: impl FnOnce(TokenManagerBuilder) -> TokenManagerBuilder,
-) -> TokenManager {
-    let client = ClientCredentials::builder(&server.token_endpoint(), "bench")
-        .client_secret("bench-secret")
-        .build()
-        .unwrap();
-    let manager = configure(TokenManager::builder().client("bench", client))
-        .build()
-        .unwrap();
-    manager.token("bench").await.unwrap();
-    manager
-}
 
 /// Sends `count` requests through clones of `service` from `TASKS` concurrent tasks.
 async fn concurrent<S>(service: S, uri: Uri, count: u64) -> Duration
@@ -83,25 +67,11 @@ fn layer_vs_static(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let server = setup
-        .block_on(
-            TestServer::builder()
-                .client("bench", "bench-secret")
-                .start(),
-        )
-        .unwrap();
-    let manager = setup.block_on(warm_manager(&server, |b| b));
-    let uri: Uri = server.api_url("/resource").parse().unwrap();
-    let layer = AccessTokenLayer::builder(&manager, "bench")
-        .allow_origin(&server.base_url())
-        .build()
-        .unwrap();
-    let token = manager_token(&setup, &manager);
-    let no_replay = AccessTokenLayer::builder(&manager, "bench")
-        .allow_origin(&server.base_url())
-        .replay_unauthorized(false)
-        .build()
-        .unwrap();
+    let fixture = Fixture::start(&setup);
+    let uri = fixture.uri.clone();
+    let layer = fixture.layer(&fixture.manager, true);
+    let no_replay = fixture.layer(&fixture.manager, false);
+    let static_layer = fixture.static_layer(&setup);
 
     let mut group = c.benchmark_group("single_thread");
     let mut tokenwarden = ServiceBuilder::new().layer(layer.clone()).service(noop());
@@ -115,7 +85,7 @@ fn layer_vs_static(c: &mut Criterion) {
         b.iter(|| run_ready(send(&mut without_replay, request(&uri))))
     });
     let mut fixed = ServiceBuilder::new()
-        .layer(AddAuthorizationLayer::bearer(&token))
+        .layer(static_layer.clone())
         .service(noop());
     group.bench_function("static_add_authorization", |b| {
         b.iter(|| run_ready(send(&mut fixed, request(&uri))))
@@ -133,9 +103,7 @@ fn layer_vs_static(c: &mut Criterion) {
         b.to_async(&setup)
             .iter_custom(|iters| concurrent(without_replay.clone(), uri.clone(), iters))
     });
-    let fixed = ServiceBuilder::new()
-        .layer(AddAuthorizationLayer::bearer(&token))
-        .service(noop());
+    let fixed = ServiceBuilder::new().layer(static_layer).service(noop());
     group.bench_function("static_add_authorization", |b| {
         b.to_async(&setup)
             .iter_custom(|iters| concurrent(fixed.clone(), uri.clone(), iters))
@@ -162,13 +130,6 @@ fn run_ready<F: Future>(future: F) -> F::Output {
     }
 }
 
-fn manager_token(rt: &tokio::runtime::Runtime, manager: &TokenManager) -> String {
-    rt.block_on(manager.token("bench"))
-        .unwrap()
-        .expose_secret()
-        .to_owned()
-}
-
 fn redis_tier(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -182,28 +143,17 @@ fn redis_tier(c: &mut Criterion) {
             return;
         }
     };
-    let server = rt
-        .block_on(
-            TestServer::builder()
-                .client("bench", "bench-secret")
-                .start(),
-        )
-        .unwrap();
-    let uri: Uri = server.api_url("/resource").parse().unwrap();
-    let cache = tokenwarden_redis::RedisTokenCache::builder(&redis.url())
-        .build()
-        .unwrap();
-    let memory_only = rt.block_on(warm_manager(&server, |b| b));
-    let with_redis = rt.block_on(warm_manager(&server, |b| b.shared_cache(cache)));
+    let fixture = Fixture::start(&rt);
+    let uri = fixture.uri.clone();
+    let cache = RedisTokenCache::builder(&redis.url()).build().unwrap();
+    let memory_only = &fixture.manager;
+    let with_redis = fixture.manager_with(&rt, |b| b.shared_cache(cache));
     let mut group = c.benchmark_group("redis_tier");
     for (name, manager) in [
-        ("layer_memory_only", &memory_only),
+        ("layer_memory_only", memory_only),
         ("layer_with_redis_tier", &with_redis),
     ] {
-        let layer = AccessTokenLayer::builder(manager, "bench")
-            .allow_origin(&server.base_url())
-            .build()
-            .unwrap();
+        let layer = fixture.layer(manager, true);
         let mut service = ServiceBuilder::new().layer(layer).service(noop());
         group.bench_function(name, |b| {
             b.iter(|| run_ready(send(&mut service, request(&uri))))
@@ -217,7 +167,7 @@ fn redis_tier(c: &mut Criterion) {
         })
     });
     group.finish();
-    let requests = server.token_requests("bench");
+    let requests = fixture.server.token_requests("bench");
     assert!(
         requests <= 3,
         "the Redis hits did not go to the token endpoint ({requests} token requests)"

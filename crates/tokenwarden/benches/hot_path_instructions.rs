@@ -14,32 +14,21 @@
 
 mod common;
 
+use tokenwarden_redis::RedisTokenCache;
+use tokenwarden_testkit::RedisServer;
+use tower::{Service, ServiceBuilder};
+
 use bytes::Bytes;
+use common::{Fixture, noop, send_many};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
-use tokenwarden::{AccessTokenLayer, ClientCredentials, TokenManager};
-use tokenwarden_testkit::{RedisServer, TestServer};
-use tower::{Service, ServiceBuilder};
-use tower_http::auth::AddAuthorizationLayer;
-
-use common::{noop, request};
 
 fn run<S>(mut service: S, uri: &Uri, count: u64)
 where
     S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
     S::Error: std::fmt::Debug,
 {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    for _ in 0..count {
-        assert!(service.poll_ready(&mut cx).is_ready());
-        let mut future = std::pin::pin!(service.call(request(uri)));
-        match future.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(response) => {
-                std::hint::black_box(response.unwrap());
-            }
-            std::task::Poll::Pending => panic!("the hot path waited"),
-        }
-    }
+    send_many(&mut service, uri, count);
 }
 
 fn main() {
@@ -51,30 +40,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let server = rt
-        .block_on(
-            TestServer::builder()
-                .client("bench", "bench-secret")
-                .start(),
-        )
-        .unwrap();
-    let client = ClientCredentials::builder(&server.token_endpoint(), "bench")
-        .client_secret("bench-secret")
-        .build()
-        .unwrap();
-    let manager = TokenManager::builder()
-        .client("bench", client)
-        .build()
-        .unwrap();
-    let token = rt.block_on(manager.token("bench")).unwrap();
-    let uri: Uri = server.api_url("/resource").parse().unwrap();
-    let layer = |replay| {
-        AccessTokenLayer::builder(&manager, "bench")
-            .allow_origin(&server.base_url())
-            .replay_unauthorized(replay)
-            .build()
-            .unwrap()
-    };
+    let fixture = Fixture::start(&rt);
+    let uri = &fixture.uri;
     let variants: Vec<&str> = match args.first() {
         Some(v) => vec![v.as_str()],
         None => vec![
@@ -86,22 +53,23 @@ fn main() {
     };
     let count: u64 = args.get(1).map_or(1_000, |n| n.parse().unwrap());
     for variant in variants {
+        let layer = |replay| fixture.layer(&fixture.manager, replay);
         match variant {
             "static" => run(
                 ServiceBuilder::new()
-                    .layer(AddAuthorizationLayer::bearer(token.expose_secret()))
+                    .layer(fixture.static_layer(&rt))
                     .service(noop()),
-                &uri,
+                uri,
                 count,
             ),
             "tokenwarden" => run(
                 ServiceBuilder::new().layer(layer(true)).service(noop()),
-                &uri,
+                uri,
                 count,
             ),
             "tokenwarden_no_replay" => run(
                 ServiceBuilder::new().layer(layer(false)).service(noop()),
-                &uri,
+                uri,
                 count,
             ),
             "tokenwarden_redis_tier" => {
@@ -109,26 +77,13 @@ fn main() {
                 let redis = rt
                     .block_on(RedisServer::start())
                     .expect("redis-server on the PATH");
-                let client = ClientCredentials::builder(&server.token_endpoint(), "bench")
-                    .client_secret("bench-secret")
-                    .build()
-                    .unwrap();
-                let cache = tokenwarden_redis::RedisTokenCache::builder(&redis.url())
-                    .build()
-                    .unwrap();
-                let with_redis = TokenManager::builder()
-                    .client("bench", client)
-                    .shared_cache(cache)
-                    .build()
-                    .unwrap();
-                rt.block_on(with_redis.token("bench")).unwrap();
-                let layer = AccessTokenLayer::builder(&with_redis, "bench")
-                    .allow_origin(&server.base_url())
-                    .build()
-                    .unwrap();
+                let cache = RedisTokenCache::builder(&redis.url()).build().unwrap();
+                let with_redis = fixture.manager_with(&rt, |b| b.shared_cache(cache));
                 run(
-                    ServiceBuilder::new().layer(layer).service(noop()),
-                    &uri,
+                    ServiceBuilder::new()
+                        .layer(fixture.layer(&with_redis, true))
+                        .service(noop()),
+                    uri,
                     count,
                 );
             }

@@ -20,12 +20,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::Full;
-use tokenwarden::{AccessTokenLayer, ClientCredentials, TokenManager};
-use tokenwarden_testkit::TestServer;
 use tower::{Service, ServiceBuilder};
-use tower_http::auth::AddAuthorizationLayer;
 
-use common::{noop, request};
+use common::{Fixture, noop, request, send_many};
 
 const ROUNDS: usize = 41;
 const SINGLE_BATCH: u64 = 20_000;
@@ -38,18 +35,8 @@ where
     S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
     S::Error: std::fmt::Debug,
 {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let start = Instant::now();
-    for _ in 0..count {
-        assert!(service.poll_ready(&mut cx).is_ready());
-        let mut future = std::pin::pin!(service.call(request(uri)));
-        match future.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(response) => {
-                std::hint::black_box(response.unwrap());
-            }
-            std::task::Poll::Pending => panic!("the hot path waited"),
-        }
-    }
+    send_many(service, uri, count);
     start.elapsed()
 }
 
@@ -108,35 +95,17 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let server = rt
-        .block_on(
-            TestServer::builder()
-                .client("bench", "bench-secret")
-                .start(),
-        )
-        .unwrap();
-    let client = ClientCredentials::builder(&server.token_endpoint(), "bench")
-        .client_secret("bench-secret")
-        .build()
-        .unwrap();
-    let manager = TokenManager::builder()
-        .client("bench", client)
-        .build()
-        .unwrap();
-    let token = rt.block_on(manager.token("bench")).unwrap();
-    let uri: Uri = server.api_url("/resource").parse().unwrap();
-    let layer = |replay| {
-        AccessTokenLayer::builder(&manager, "bench")
-            .allow_origin(&server.base_url())
-            .replay_unauthorized(replay)
-            .build()
-            .unwrap()
-    };
+    let fixture = Fixture::start(&rt);
+    let uri = fixture.uri.clone();
     let mut fixed = ServiceBuilder::new()
-        .layer(AddAuthorizationLayer::bearer(token.expose_secret()))
+        .layer(fixture.static_layer(&rt))
         .service(noop());
-    let mut default = ServiceBuilder::new().layer(layer(true)).service(noop());
-    let mut no_replay = ServiceBuilder::new().layer(layer(false)).service(noop());
+    let mut default = ServiceBuilder::new()
+        .layer(fixture.layer(&fixture.manager, true))
+        .service(noop());
+    let mut no_replay = ServiceBuilder::new()
+        .layer(fixture.layer(&fixture.manager, false))
+        .service(noop());
 
     // Warm-up: caches, branch predictors, the per-thread stash.
     single(&mut fixed, &uri, SINGLE_BATCH);

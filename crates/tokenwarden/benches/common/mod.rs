@@ -1,11 +1,16 @@
-//! What both hot-path benchmarks send, and to what: the same request to a no-op service.
+//! What every hot-path benchmark sends, to what, and through which layers: the same request to a
+//! no-op service, through the layer or through tower-http's `AddAuthorization` with a fixed value.
+#![allow(dead_code)] // each benchmark uses its own part of this
 
 use std::convert::Infallible;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::Full;
+use tokenwarden::{AccessTokenLayer, ClientCredentials, TokenManager, TokenManagerBuilder};
+use tokenwarden_testkit::TestServer;
 use tower::Service;
+use tower_http::auth::AddAuthorizationLayer;
 
 /// An inner service that answers at once: the benchmarks measure the middleware alone.
 pub(crate) fn noop()
@@ -24,4 +29,90 @@ pub(crate) fn request(uri: &Uri) -> Request<Full<Bytes>> {
         .header("accept", "application/json")
         .body(Full::default())
         .unwrap()
+}
+
+/// Sends `count` requests through `service` one at a time, polling each response once: a cached
+/// token and a no-op inner service never wait, so no executor is involved.
+pub(crate) fn send_many<S>(service: &mut S, uri: &Uri, count: u64)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for _ in 0..count {
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let mut future = std::pin::pin!(service.call(request(uri)));
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(response) => {
+                std::hint::black_box(response.unwrap());
+            }
+            std::task::Poll::Pending => panic!("the hot path waited: the token was not cached"),
+        }
+    }
+}
+
+/// The test server with client `bench`, a manager with its token cached, and the URI requests go to.
+pub(crate) struct Fixture {
+    pub(crate) server: TestServer,
+    pub(crate) manager: TokenManager,
+    pub(crate) uri: Uri,
+}
+
+impl Fixture {
+    pub(crate) fn start(rt: &tokio::runtime::Runtime) -> Fixture {
+        let server = rt
+            .block_on(
+                TestServer::builder()
+                    .client("bench", "bench-secret")
+                    .start(),
+            )
+            .unwrap();
+        let uri = server.api_url("/resource").parse().unwrap();
+        let manager = warm_manager(rt, &server, |b| b);
+        Fixture {
+            server,
+            manager,
+            uri,
+        }
+    }
+
+    /// A manager for client `bench` built with `configure` (a Redis tier, say), its token cached.
+    pub(crate) fn manager_with(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        configure: impl FnOnce(TokenManagerBuilder) -> TokenManagerBuilder,
+    ) -> TokenManager {
+        warm_manager(rt, &self.server, configure)
+    }
+
+    /// The layer for `manager`'s client `bench`, allowed to send to the test server.
+    pub(crate) fn layer(&self, manager: &TokenManager, replay: bool) -> AccessTokenLayer {
+        AccessTokenLayer::builder(manager, "bench")
+            .allow_origin(&self.server.base_url())
+            .replay_unauthorized(replay)
+            .build()
+            .unwrap()
+    }
+
+    /// The baseline: tower-http's `AddAuthorization` with the cached token as a fixed value.
+    pub(crate) fn static_layer(&self, rt: &tokio::runtime::Runtime) -> AddAuthorizationLayer {
+        let token = rt.block_on(self.manager.token("bench")).unwrap();
+        AddAuthorizationLayer::bearer(token.expose_secret())
+    }
+}
+
+fn warm_manager(
+    rt: &tokio::runtime::Runtime,
+    server: &TestServer,
+    configure: impl FnOnce(TokenManagerBuilder) -> TokenManagerBuilder,
+) -> TokenManager {
+    let client = ClientCredentials::builder(&server.token_endpoint(), "bench")
+        .client_secret("bench-secret")
+        .build()
+        .unwrap();
+    let manager = configure(TokenManager::builder().client("bench", client))
+        .build()
+        .unwrap();
+    rt.block_on(manager.token("bench")).unwrap();
+    manager
 }
