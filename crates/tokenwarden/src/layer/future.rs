@@ -41,12 +41,8 @@ pin_project! {
         S: Service<Request<B>>,
         B: Body,
     {
-        // Requests the layer does not touch.
-        Passthrough {
-            #[pin]
-            future: S::Future,
-        },
-        // Sent with a cached token: watching the response for a 401.
+        // Sent: with a cached token, watching the response for a 401 (`watch`), or untouched
+        // (no `watch`).
         Sending {
             #[pin]
             future: S::Future,
@@ -142,7 +138,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.kind {
-            Kind::Passthrough { .. } => "passthrough",
+            Kind::Sending { watch: None, .. } => "passthrough",
             Kind::Sending { .. } => "sending",
             Kind::Cold { .. } => "cold",
         };
@@ -159,7 +155,10 @@ where
 {
     pub(crate) fn passthrough(future: S::Future) -> Self {
         ResponseFuture {
-            kind: Kind::Passthrough { future },
+            kind: Kind::Sending {
+                future,
+                watch: None,
+            },
         }
     }
 
@@ -242,7 +241,6 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut kind = self.project().kind;
         let cold = match kind.as_mut().project() {
-            KindProj::Passthrough { future } => return future.poll(cx).map_err(Into::into),
             KindProj::Cold { cold } => return cold.as_mut().poll(cx),
             KindProj::Sending { future, watch } => {
                 // The response is looked at where it lies and moved once, into the result:
