@@ -55,6 +55,9 @@ struct Inner {
     oauth: OAuthClient,
     shared: Option<Arc<dyn TokenCache>>,
     clock: Arc<dyn Clock>,
+    /// No clock was set: the hot path reads the system's coarse clock directly, not through
+    /// `clock`'s vtable.
+    system_clock: bool,
     renew_before: Duration,
     retry: RetryPolicy,
     namespace: String,
@@ -204,6 +207,7 @@ pub struct TokenManagerBuilder {
     oauth: Option<OAuthClient>,
     shared: Option<Arc<dyn TokenCache>>,
     clock: Arc<dyn Clock>,
+    custom_clock: bool,
     renew_before: Duration,
     retry: RetryPolicy,
     namespace: String,
@@ -256,6 +260,7 @@ impl TokenManagerBuilder {
     /// The time source (default: the system clock).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
+        self.custom_clock = true;
         self
     }
 
@@ -329,6 +334,7 @@ impl TokenManagerBuilder {
                 oauth,
                 shared: self.shared,
                 clock: self.clock,
+                system_clock: !self.custom_clock,
                 renew_before: self.renew_before,
                 retry: self.retry,
                 namespace: self.namespace,
@@ -364,6 +370,7 @@ impl TokenManager {
             oauth: None,
             shared: None,
             clock: Arc::new(SystemClock),
+            custom_clock: false,
             renew_before: Duration::from_secs(60),
             retry: RetryPolicy::default(),
             namespace: CacheKey::DEFAULT_NAMESPACE.to_owned(),
@@ -482,7 +489,10 @@ impl TokenManager {
         tokens: &'a mut DefaultTokenCache,
     ) -> Option<&'a Arc<Entry>> {
         let entry = tokens.load().as_ref()?;
-        let now = self.inner.clock.now_coarse_unix_nanos();
+        let now = match self.inner.system_clock {
+            true => SystemClock.now_coarse_unix_nanos(),
+            false => self.inner.clock.now_coarse_unix_nanos(),
+        };
         if now < entry.fresh_until_coarse {
             return Some(entry);
         }
