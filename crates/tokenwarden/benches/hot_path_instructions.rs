@@ -4,7 +4,8 @@
 //! ```sh
 //! cargo bench -p tokenwarden --bench hot_path_instructions --no-run
 //! B=$(ls -t target/release/deps/hot_path_instructions-* | grep -v '\.d$' | head -1)
-//! for v in static tokenwarden tokenwarden_no_replay tokenwarden_redis_tier; do for n in 0 100000; do
+//! for v in static tokenwarden tokenwarden_no_replay tokenwarden_redis_tier \
+//!     static_clone_per_request tokenwarden_clone_per_request; do for n in 0 100000; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null $B $v $n 2>&1 | grep refs
 //! done; done
 //! ```
@@ -19,7 +20,7 @@ use tokenwarden_testkit::RedisServer;
 use tower::{Service, ServiceBuilder};
 
 use bytes::Bytes;
-use common::{Fixture, noop, send_many};
+use common::{Fixture, noop, send_many, send_many_cloned};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 
@@ -49,6 +50,8 @@ fn main() {
             "tokenwarden",
             "tokenwarden_no_replay",
             "tokenwarden_redis_tier",
+            "static_clone_per_request",
+            "tokenwarden_clone_per_request",
         ],
     };
     let count: u64 = args.get(1).map_or(1_000, |n| n.parse().unwrap());
@@ -69,6 +72,19 @@ fn main() {
             ),
             "tokenwarden_no_replay" => run(
                 ServiceBuilder::new().layer(layer(false)).service(noop()),
+                uri,
+                count,
+            ),
+            // A clone of the service for every request.
+            "static_clone_per_request" => send_many_cloned(
+                &ServiceBuilder::new()
+                    .layer(fixture.static_layer(&rt))
+                    .service(noop()),
+                uri,
+                count,
+            ),
+            "tokenwarden_clone_per_request" => send_many_cloned(
+                &ServiceBuilder::new().layer(layer(true)).service(noop()),
                 uri,
                 count,
             ),

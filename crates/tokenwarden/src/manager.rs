@@ -68,7 +68,6 @@ struct Inner {
     /// Slots for per-request parameters; each client's default slot lives in its `ClientEntry`.
     slots: Mutex<HashMap<CacheKey, Arc<Slot>>>,
     counters: Counters,
-    entry_ids: AtomicU64,
 }
 
 /// A registered client and the slot of its configured (default-parameter) token.
@@ -107,11 +106,15 @@ struct Failure {
 /// slot's pointer changed.
 pub(crate) type DefaultTokenCache = arc_swap::Cache<Arc<ArcSwapOption<Entry>>, Option<Arc<Entry>>>;
 
+/// Entry ids are unique in the process, not only in one manager: a layer keeps per-thread copies
+/// of headers by entry id, whatever manager the entry came from.
+static NEXT_ENTRY_ID: AtomicU64 = AtomicU64::new(1);
+
 /// A cached token with its ready-made `Authorization` value.
 pub(crate) struct Entry {
     pub(crate) cached: CachedToken,
     pub(crate) header: HeaderValue,
-    /// Unique within the manager: what a request remembers of the token it sent, so a 401 can
+    /// Unique within the process: what a request remembers of the token it sent, so a 401 can
     /// invalidate exactly that token without holding on to (and contending for) the header.
     pub(crate) id: u64,
     /// `renew_at` and `expires_at` moved earlier by the coarse clock's lag, so the hot path
@@ -344,7 +347,6 @@ impl TokenManagerBuilder {
                 lease_wait: self.lease_wait,
                 slots: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
-                entry_ids: AtomicU64::new(1),
             }),
         })
     }
@@ -882,7 +884,7 @@ impl TokenManager {
             )
         })?;
         header.set_sensitive(true);
-        let id = self.inner.entry_ids.fetch_add(1, Ordering::Relaxed);
+        let id = NEXT_ENTRY_ID.fetch_add(1, Ordering::Relaxed);
         // The coarse clock may lag: deadlines for it are earlier by its bound, so an expired
         // token is never sent.
         let early =

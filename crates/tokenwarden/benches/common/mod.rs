@@ -51,6 +51,18 @@ where
     }
 }
 
+/// Like [`send_many`], through a fresh clone of `service` for every request, as callers that clone
+/// a client for each call do.
+pub(crate) fn send_many_cloned<S>(service: &S, uri: &Uri, count: u64)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    for _ in 0..count {
+        send_many(&mut service.clone(), uri, 1);
+    }
+}
+
 /// The test server with client `bench`, a manager with its token cached, and the URI requests go to.
 pub(crate) struct Fixture {
     pub(crate) server: TestServer,

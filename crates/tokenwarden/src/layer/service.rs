@@ -47,14 +47,12 @@ pub struct AccessTokenService<S> {
     token: LocalToken,
 }
 
-/// Each clone gets its own copy of the token's header: every request carries a reference to it,
-/// and a count shared by every task on every core would be a contended write on each request.
 impl<S: Clone> Clone for AccessTokenService<S> {
     fn clone(&self) -> Self {
         AccessTokenService {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
-            token: self.token.fresh_copy(),
+            token: self.token.clone(),
         }
     }
 }
@@ -71,24 +69,25 @@ impl<S: fmt::Debug> fmt::Debug for AccessTokenService<S> {
 /// One service's view of its client's default token.
 pub(crate) struct LocalToken {
     entries: DefaultTokenCache,
-    /// The current token's `Authorization` value, copied for this service alone. Every request
-    /// carries a clone of it, and cloning a `HeaderValue` bumps the reference count of its bytes:
-    /// with one value for the whole process that count would be written by every request on
-    /// every core; with a copy per service, only by this service's requests.
+    /// The current token's header, as a clone of the copy this thread made of it (see
+    /// [`header_copies`]); kept here so that a service sending many requests skips even the
+    /// thread-local lookup. A clone of the service starts without it.
     header: Option<(u64, HeaderValue)>,
+}
+
+impl Clone for LocalToken {
+    fn clone(&self) -> Self {
+        LocalToken {
+            entries: self.entries.clone(),
+            header: None,
+        }
+    }
 }
 
 impl LocalToken {
     fn new(client: &ClientEntry) -> Self {
         LocalToken {
             entries: TokenManager::default_token_cache(client),
-            header: None,
-        }
-    }
-
-    fn fresh_copy(&self) -> Self {
-        LocalToken {
-            entries: self.entries.clone(),
             header: None,
         }
     }
@@ -102,14 +101,62 @@ impl LocalToken {
         match &self.header {
             Some((id, header)) if *id == entry.id => Some((header.clone(), *id)),
             _ => {
-                // A new token: copy its header once for this service.
-                let mut copy = HeaderValue::from_bytes(entry.header.as_bytes())
-                    .unwrap_or_else(|_| entry.header.clone());
-                copy.set_sensitive(true);
-                self.header = Some((entry.id, copy.clone()));
-                Some((copy, entry.id))
+                let header = header_copies::get(entry.id, &entry.header);
+                self.header = Some((entry.id, header.clone()));
+                Some((header, entry.id))
             }
         }
+    }
+}
+
+/// This thread's copies of token headers.
+///
+/// Every request carries a clone of the `Authorization` value, and cloning a `HeaderValue` bumps
+/// the reference count of its bytes: with one value for the whole process, that count would be
+/// written by every request on every core (tower-http's static layer does exactly that). Each
+/// thread copies a token's header once and clones its own copy; a count is then written by one
+/// thread's requests (and by whoever drops them). Per thread rather than per service, because
+/// services are often cloned for each request, and a copy per clone would cost an allocation and
+/// a check of every byte of the token each time.
+mod header_copies {
+    use std::cell::RefCell;
+
+    use http::HeaderValue;
+
+    /// Tokens a thread keeps copies of at once (one per client a thread's layers serve, commonly).
+    const SLOTS: usize = 4;
+
+    struct Copies {
+        slots: [Option<(u64, HeaderValue)>; SLOTS],
+        next: usize,
+    }
+
+    thread_local! {
+        static COPIES: RefCell<Copies> = const {
+            RefCell::new(Copies { slots: [const { None }; SLOTS], next: 0 })
+        };
+    }
+
+    /// A clone of this thread's copy of `header`, the header of entry `id` (ids are unique in the
+    /// process); the copy is made on first use.
+    #[inline(never)]
+    pub(super) fn get(id: u64, header: &HeaderValue) -> HeaderValue {
+        COPIES
+            .try_with(|copies| {
+                let mut copies = copies.try_borrow_mut().ok()?;
+                if let Some((_, copy)) = copies.slots.iter().flatten().find(|(i, _)| *i == id) {
+                    return Some(copy.clone());
+                }
+                let mut copy = HeaderValue::from_bytes(header.as_bytes()).ok()?;
+                copy.set_sensitive(true);
+                let slot = copies.next;
+                copies.next = (slot + 1) % SLOTS;
+                copies.slots[slot] = Some((id, copy.clone()));
+                Some(copy)
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| header.clone())
     }
 }
 
@@ -302,14 +349,34 @@ mod tests {
 
     use http_body_util::Full;
     use tokenwarden_testkit::TestServer;
-    use tower::{Service, ServiceExt};
+    use tower::Service;
 
     use crate::{AccessTokenLayer, ClientCredentials};
 
     use super::*;
 
+    /// Sends one request through a clone of `service` on this thread, without an executor (the
+    /// token is cached), and returns where the sent Authorization value's bytes live.
+    fn send_on_this_thread<S>(service: &S, seen: &Mutex<Vec<(usize, HeaderValue)>>) -> usize
+    where
+        S: Service<Request<Full<Bytes>>, Error = BoxError> + Clone,
+    {
+        let mut service = service.clone();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let request = Request::get("http://api.test/x")
+            .body(Full::default())
+            .unwrap();
+        let mut future = std::pin::pin!(service.call(request));
+        assert!(
+            future.as_mut().poll(&mut cx).is_ready(),
+            "the token was cached"
+        );
+        seen.lock().unwrap().last().unwrap().0
+    }
+
     #[tokio::test]
-    async fn each_service_clone_sends_its_own_copy_of_the_header() {
+    async fn each_thread_sends_its_own_copy_of_the_header() {
         let server = TestServer::builder()
             .client("c", "s")
             .start()
@@ -336,26 +403,40 @@ mod tests {
                 .push((value.as_bytes().as_ptr() as usize, value.clone()));
             async { Ok::<_, Infallible>(http::Response::new(Full::<Bytes>::default())) }
         });
-        let first = tower::Layer::layer(&layer, inner);
-        let mut services = [first.clone(), first];
-        for i in [0, 1, 0, 1] {
-            let request = Request::get("http://api.test/x")
-                .body(Full::default())
-                .unwrap();
-            let service = services[i].ready().await.unwrap();
-            service.call(request).await.unwrap();
-        }
+        let service = tower::Layer::layer(&layer, inner);
+        // Clones for each request, as callers of a hyper client often do.
+        let here = [
+            send_on_this_thread(&service, &seen),
+            send_on_this_thread(&service, &seen),
+        ];
+        let there = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    [
+                        send_on_this_thread(&service, &seen),
+                        send_on_this_thread(&service, &seen),
+                    ]
+                })
+                .join()
+                .unwrap()
+        });
         let seen = seen.lock().unwrap();
         assert!(
             seen.iter().all(|(_, v)| *v == seen[0].1),
             "the same token each time"
         );
         assert!(seen.iter().all(|(_, v)| v.is_sensitive()));
-        assert_eq!(seen[0].0, seen[2].0, "one service reuses its copy");
-        assert_eq!(seen[1].0, seen[3].0, "one service reuses its copy");
+        assert_eq!(
+            here[0], here[1],
+            "one thread reuses its copy, across clones"
+        );
+        assert_eq!(
+            there[0], there[1],
+            "one thread reuses its copy, across clones"
+        );
         assert_ne!(
-            seen[0].0, seen[1].0,
-            "two clones never share the bytes (and their reference count)"
+            here[0], there[0],
+            "two threads never share the bytes (and their reference count)"
         );
         assert_eq!(server.token_requests("c"), 1);
     }
