@@ -123,8 +123,9 @@ mod header_copies {
 
     use http::HeaderValue;
 
-    /// Tokens a thread keeps copies of at once (one per client a thread's layers serve, commonly).
-    const SLOTS: usize = 4;
+    /// Tokens a thread keeps copies of at once: one per client its layers serve, commonly. A
+    /// thread that alternates between more tokens than this copies a header again on a miss.
+    const SLOTS: usize = 8;
 
     struct Copies {
         slots: [Option<(u64, HeaderValue)>; SLOTS],
