@@ -442,6 +442,26 @@ mod tests {
         assert_eq!(server.token_requests("c"), 1);
     }
 
+    #[test]
+    fn header_copies_are_right_beyond_their_slots_and_reused() {
+        let headers: Vec<_> = (0..20)
+            .map(|i| HeaderValue::from_str(&format!("Bearer t{i}")).unwrap())
+            .collect();
+        // Ids far from the manager's, which count up from 1.
+        let id = |i: usize| u64::MAX - i as u64;
+        for _ in 0..2 {
+            for (i, header) in headers.iter().enumerate() {
+                let copy = header_copies::get(id(i), header);
+                assert_eq!(copy, header);
+                assert!(copy.is_sensitive());
+                assert_ne!(copy.as_bytes().as_ptr(), header.as_bytes().as_ptr());
+            }
+        }
+        let first = header_copies::get(id(19), &headers[19]);
+        let again = header_copies::get(id(19), &headers[19]);
+        assert_eq!(first.as_bytes().as_ptr(), again.as_bytes().as_ptr());
+    }
+
     #[tokio::test]
     async fn a_layer_is_found_by_its_id_until_it_is_dropped() {
         let client = ClientCredentials::builder("http://127.0.0.1:9/token", "c")
