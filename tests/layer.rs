@@ -71,6 +71,43 @@ async fn requests_carry_the_token_and_share_it() {
     assert_eq!(server.api_rejections(), 0);
 }
 
+/// With the system clock the layer reads no clock while a timer vouches for the token; when
+/// the renewal point passes, the timer hands the decision back to the clock, so the token is
+/// renewed ahead of expiry as under a manual clock, and no request meets a 401.
+#[tokio::test]
+async fn renewal_ahead_of_expiry_happens_on_real_time_too() {
+    let server = server().await;
+    // 4 s tokens: renewed 1 s (a quarter of the lifetime) before they expire.
+    server.set_token_lifetime(Duration::from_secs(4));
+    let manager = manager(&server);
+    let client = stack(&manager, &server);
+    let send = || {
+        let request = Request::get(server.api_url("/invoices"))
+            .body(Full::default())
+            .unwrap();
+        client.clone().oneshot(request)
+    };
+    let started = tokio::time::Instant::now();
+    assert_eq!(send().await.unwrap().status(), StatusCode::OK);
+    while started.elapsed() < Duration::from_millis(2_000) {
+        assert_eq!(send().await.unwrap().status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        server.token_requests(CLIENT),
+        1,
+        "renewed before it was due"
+    );
+    assert_eq!(manager.metrics().background_renewals, 0);
+    // Past the renewal point (3 s), before expiry (4 s).
+    tokio::time::sleep_until(started + Duration::from_millis(3_200)).await;
+    assert_eq!(send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(manager.metrics().background_renewals, 1);
+    server.wait_for_token_requests(2).await;
+    assert_eq!(server.api_rejections(), 0);
+    assert_eq!(manager.metrics().replays, 0);
+}
+
 #[tokio::test]
 async fn composes_with_tower_http_layers() {
     let server = server().await;
