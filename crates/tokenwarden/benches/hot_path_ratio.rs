@@ -28,6 +28,9 @@ const ROUNDS: usize = 41;
 const SINGLE_BATCH: u64 = 20_000;
 const TASKS: u64 = 64;
 const PER_TASK: u64 = 2_000;
+/// The fastest-batch measurement: many short batches, of which each variant's fastest counts.
+const SHORT_ROUNDS: usize = 2_000;
+const SHORT_BATCH: u64 = 1_000;
 
 /// Sends `count` requests one at a time, polling each response future once.
 fn single<S>(service: &mut S, uri: &Uri, count: u64) -> Duration
@@ -140,7 +143,31 @@ fn main() {
         throughput_default.push(c[0].as_secs_f64() / c[1].as_secs_f64());
         throughput_no_replay.push(c[0].as_secs_f64() / c[2].as_secs_f64());
     }
+    // The fastest of many short batches: a batch that another process or an interrupt slowed
+    // down never counts, so this ratio moves least from run to run on a shared machine.
+    let mut fastest = [Duration::MAX; 3];
+    for round in 0..rounds * SHORT_ROUNDS / ROUNDS {
+        for k in 0..3 {
+            let v = (round + k) % 3;
+            let t = match v {
+                0 => single(&mut fixed, &uri, SHORT_BATCH),
+                1 => single(&mut default, &uri, SHORT_BATCH),
+                _ => single(&mut no_replay, &uri, SHORT_BATCH),
+            };
+            fastest[v] = fastest[v].min(t);
+        }
+    }
     println!("{rounds} rounds, interleaved; layer vs tower-http AddAuthorization (static value)");
+    let per_request = |t: Duration| t.as_nanos() as f64 / SHORT_BATCH as f64;
+    println!(
+        "single-thread, fastest of {} batches of {SHORT_BATCH}: static {:.1} ns, default layer {:.1} ns ({:.3}), replay off {:.1} ns ({:.3})",
+        rounds * SHORT_ROUNDS / ROUNDS,
+        per_request(fastest[0]),
+        per_request(fastest[1]),
+        fastest[1].as_secs_f64() / fastest[0].as_secs_f64(),
+        per_request(fastest[2]),
+        fastest[2].as_secs_f64() / fastest[0].as_secs_f64(),
+    );
     println!(
         "single-thread time ratio, default layer:    {}",
         summary(time_default)
