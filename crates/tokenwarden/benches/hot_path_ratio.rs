@@ -9,6 +9,12 @@
 //! in rotating order, many rounds, and reports the median of the per-round ratios with the
 //! middle half of them, which a drift cannot bias.
 //!
+//! It also keeps each variant's fastest of many short batches, which interference cannot slow.
+//! What neither removes is the process's memory layout: with address randomization every run
+//! places stacks and heap differently, and that alone moved the ratios by ±5 % here (a store and
+//! a later load 4 KiB apart stall each other). So `cargo bench` runs the measurement in
+//! [`LAYOUTS`] processes, one after another, and reports every layout and the median over them.
+//!
 //! - single-thread: time per request of the layer / of the static layer (goal ≤ 1.10);
 //! - 2 workers, 64 tasks: throughput of the layer / of the static layer (goal ≥ 0.90).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -31,6 +37,18 @@ const PER_TASK: u64 = 2_000;
 /// The fastest-batch measurement: many short batches, of which each variant's fastest counts.
 const SHORT_ROUNDS: usize = 2_000;
 const SHORT_BATCH: u64 = 1_000;
+/// Processes (memory layouts) measured by `cargo bench`.
+const LAYOUTS: usize = 8;
+/// Set in the processes this bench starts.
+const CHILD: &str = "TOKENWARDEN_HOT_PATH_RATIO_CHILD";
+
+/// One process's ratios, layer over static: single-thread time (fastest batches; median of
+/// rounds), then 2-worker throughput (median of rounds); default layer, then replay off.
+struct Figures {
+    fastest: [f64; 2],
+    time: [f64; 2],
+    throughput: [f64; 2],
+}
 
 /// Sends `count` requests one at a time, polling each response future once.
 fn single<S>(service: &mut S, uri: &Uri, count: u64) -> Duration
@@ -72,8 +90,15 @@ where
     })
 }
 
+fn median(values: &[f64]) -> f64 {
+    let mut values = values.to_vec();
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// The median and the middle half of `ratios`.
-fn summary(mut ratios: Vec<f64>) -> String {
+fn summary(ratios: &[f64]) -> String {
+    let mut ratios = ratios.to_vec();
     ratios.sort_by(f64::total_cmp);
     let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
     format!(
@@ -88,11 +113,59 @@ fn summary(mut ratios: Vec<f64>) -> String {
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: then one short round.
-    let rounds = if std::env::args().any(|a| a == "--bench") {
-        ROUNDS
-    } else {
-        1
-    };
+    let bench = std::env::args().any(|a| a == "--bench");
+    if !bench {
+        measure(1);
+        return;
+    }
+    if std::env::var_os(CHILD).is_some() {
+        let f = measure(ROUNDS);
+        println!(
+            "figures {} {} {} {} {} {}",
+            f.fastest[0], f.fastest[1], f.time[0], f.time[1], f.throughput[0], f.throughput[1]
+        );
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut all = Vec::new();
+    println!("layer / static, {LAYOUTS} processes (memory layouts):");
+    println!(
+        "  fastest batches: default, replay off | median of rounds: default, replay off | 2-worker throughput: default, replay off"
+    );
+    for _ in 0..LAYOUTS {
+        let out = std::process::Command::new(&exe)
+            .arg("--bench")
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "a measuring process failed");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("figures "))
+            .unwrap();
+        let v: Vec<f64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+        println!(
+            "  {:.3}, {:.3} | {:.3}, {:.3} | {:.3}, {:.3}",
+            v[0], v[1], v[2], v[3], v[4], v[5]
+        );
+        all.push(v);
+    }
+    let column = |i: usize| median(&all.iter().map(|v| v[i]).collect::<Vec<_>>());
+    println!(
+        "median over layouts: single-thread time (fastest batches) default {:.3}, replay off {:.3}; \
+         (median of rounds) default {:.3}, replay off {:.3}; 2-worker throughput default {:.3}, replay off {:.3}",
+        column(0),
+        column(1),
+        column(2),
+        column(3),
+        column(4),
+        column(5)
+    );
+}
+
+/// Measures every variant in this process; prints what it found and returns the ratios.
+fn measure(rounds: usize) -> Figures {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -170,18 +243,27 @@ fn main() {
     );
     println!(
         "single-thread time ratio, default layer:    {}",
-        summary(time_default)
+        summary(&time_default)
     );
     println!(
         "single-thread time ratio, replay off:       {}",
-        summary(time_no_replay)
+        summary(&time_no_replay)
     );
     println!(
         "2-worker throughput ratio, default layer:   {}",
-        summary(throughput_default)
+        summary(&throughput_default)
     );
+    let figures = Figures {
+        fastest: [
+            fastest[1].as_secs_f64() / fastest[0].as_secs_f64(),
+            fastest[2].as_secs_f64() / fastest[0].as_secs_f64(),
+        ],
+        time: [median(&time_default), median(&time_no_replay)],
+        throughput: [median(&throughput_default), median(&throughput_no_replay)],
+    };
     println!(
         "2-worker throughput ratio, replay off:      {}",
-        summary(throughput_no_replay)
+        summary(&throughput_no_replay)
     );
+    figures
 }
