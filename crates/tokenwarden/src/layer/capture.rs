@@ -21,8 +21,11 @@ pub(crate) struct Captured(Option<Box<Parts>>);
 struct Parts {
     method: Method,
     version: Version,
-    /// The URI's parts, then every header name and value.
+    /// The URI's parts, then every header name and value, in `bytes[..used]`. The rest is room
+    /// for the next request: the buffer is kept filled, so the copy writes through a slice
+    /// with its position in a register instead of growing a `Vec` field by field.
     bytes: Vec<u8>,
+    used: usize,
     extensions: Extensions,
     body: Bytes,
 }
@@ -39,38 +42,10 @@ impl Captured {
     #[inline]
     pub(crate) fn new<B>(request: &Request<B>, body: Bytes) -> Self {
         let mut parts = stash::take();
-        let buf = &mut parts.bytes;
-        let uri = request.uri();
-        // Fixed-size fields first, then the text they describe: fewer, larger copies.
-        let authority = uri.authority().map(|a| a.as_str().as_bytes());
-        let path = uri.path_and_query().map(|p| p.as_str().as_bytes());
-        let scheme = match uri.scheme_str() {
-            None => NO_SCHEME,
-            Some("https") => HTTPS,
-            Some("http") => HTTP,
-            Some(_) => OTHER_SCHEME,
+        parts.used = match write(request, &mut parts.bytes[..]) {
+            Some(used) => used,
+            None => grow_and_write(request, &mut parts.bytes),
         };
-        let mut head = [0; 9];
-        head[0] = scheme;
-        head[1..5].copy_from_slice(&len(authority).to_le_bytes());
-        head[5..9].copy_from_slice(&len(path).to_le_bytes());
-        buf.extend_from_slice(&head);
-        if scheme == OTHER_SCHEME {
-            put(buf, uri.scheme_str().map(str::as_bytes));
-        }
-        buf.extend_from_slice(authority.unwrap_or_default());
-        buf.extend_from_slice(path.unwrap_or_default());
-        for (name, value) in request.headers() {
-            let name = name.as_str().as_bytes();
-            let mut head = [0; 7];
-            // Lengths fit: hyper and every server cap a header name far below 64 KiB.
-            head[..2].copy_from_slice(&(name.len() as u16).to_le_bytes());
-            head[2..6].copy_from_slice(&len(Some(value.as_bytes())).to_le_bytes());
-            head[6] = u8::from(value.is_sensitive());
-            buf.extend_from_slice(&head);
-            buf.extend_from_slice(name);
-            buf.extend_from_slice(value.as_bytes());
-        }
         parts.method = request.method().clone();
         parts.version = request.version();
         // A box from the stash holds no extensions and an empty body: most requests have
@@ -96,7 +71,7 @@ impl Captured {
         *request.method_mut() = mem::take(&mut parts.method);
         *request.version_mut() = parts.version;
         *request.extensions_mut() = mem::take(&mut parts.extensions);
-        let mut rest = &parts.bytes[..];
+        let mut rest = parts.bytes.get(..parts.used)?;
         let (head, tail) = rest.split_first_chunk::<9>()?;
         rest = tail;
         let [scheme, a0, a1, a2, a3, p0, p1, p2, p3] = *head;
@@ -132,10 +107,81 @@ impl Captured {
     }
 }
 
-/// Appends a length-prefixed part, or the mark of an absent one.
-fn put(buf: &mut Vec<u8>, part: Option<&[u8]>) {
-    buf.extend_from_slice(&len(part).to_le_bytes());
-    buf.extend_from_slice(part.unwrap_or_default());
+/// Writes what [`Captured::into_request`] reads back into `out`: the URI's parts and every
+/// header, fixed-size fields first, then the text they describe. `None` if `out` is too small.
+#[inline(always)]
+fn write<B>(request: &Request<B>, out: &mut [u8]) -> Option<usize> {
+    let mut out = Writer { out, at: 0 };
+    let uri = request.uri();
+    let authority = uri.authority().map(|a| a.as_str().as_bytes());
+    let path = uri.path_and_query().map(|p| p.as_str().as_bytes());
+    let scheme = match uri.scheme_str() {
+        None => NO_SCHEME,
+        Some("https") => HTTPS,
+        Some("http") => HTTP,
+        Some(_) => OTHER_SCHEME,
+    };
+    let mut head = [0; 9];
+    head[0] = scheme;
+    head[1..5].copy_from_slice(&len(authority).to_le_bytes());
+    head[5..9].copy_from_slice(&len(path).to_le_bytes());
+    out.put(&head)?;
+    if scheme == OTHER_SCHEME {
+        let other = uri.scheme_str().map(str::as_bytes);
+        out.put(&len(other).to_le_bytes())?;
+        out.put(other.unwrap_or_default())?;
+    }
+    out.put(authority.unwrap_or_default())?;
+    out.put(path.unwrap_or_default())?;
+    for (name, value) in request.headers() {
+        let name = name.as_str().as_bytes();
+        let mut head = [0; 7];
+        // Lengths fit: hyper and every server cap a header name far below 64 KiB.
+        head[..2].copy_from_slice(&(name.len() as u16).to_le_bytes());
+        head[2..6].copy_from_slice(&len(Some(value.as_bytes())).to_le_bytes());
+        head[6] = u8::from(value.is_sensitive());
+        out.put(&head)?;
+        out.put(name)?;
+        out.put(value.as_bytes())?;
+    }
+    Some(out.at)
+}
+
+/// A request that does not fit the buffer: grows it to the size [`write`] needs, then writes.
+#[cold]
+#[inline(never)]
+fn grow_and_write<B>(request: &Request<B>, bytes: &mut Vec<u8>) -> usize {
+    let uri = request.uri();
+    let other_scheme = match uri.scheme_str() {
+        None | Some("https" | "http") => 0,
+        Some(other) => 4 + other.len(),
+    };
+    let uri_len = uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| 7 + name.as_str().len() + value.len())
+        .sum();
+    bytes.resize(9 + other_scheme + uri_len + headers, 0);
+    // It fits now; were it not to, the capture would read back as nothing to replay.
+    write(request, &mut bytes[..]).unwrap_or(0)
+}
+
+/// Writes through a slice whose length and position stay in registers.
+struct Writer<'a> {
+    out: &'a mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    #[inline(always)]
+    fn put(&mut self, bytes: &[u8]) -> Option<()> {
+        let end = self.at.checked_add(bytes.len())?;
+        self.out.get_mut(self.at..end)?.copy_from_slice(bytes);
+        self.at = end;
+        Some(())
+    }
 }
 
 /// A part's length as written, or the mark of an absent part. A URI or a header value is far
@@ -211,7 +257,8 @@ mod stash {
                 Box::new(Parts {
                     method: Method::GET,
                     version: Version::default(),
-                    bytes: Vec::with_capacity(FIRST_CAPACITY),
+                    bytes: vec![0; FIRST_CAPACITY],
+                    used: 0,
                     extensions: Extensions::new(),
                     body: Bytes::new(),
                 })
@@ -220,14 +267,14 @@ mod stash {
 
     #[inline]
     pub(super) fn give_back(mut parts: Box<Parts>) {
-        if parts.bytes.capacity() > LARGEST_KEPT {
+        if parts.bytes.len() > LARGEST_KEPT {
             return;
         }
         // Nothing of the request outlives it in the stash but bytes of the buffer, which the
         // next request overwrites, as freed memory would hold them until reused.
         // (The method is overwritten by the next request; a body or extensions could hold on
         // to memory or to the caller's values, so they are let go now.)
-        parts.bytes.clear();
+        parts.used = 0;
         if !parts.extensions.is_empty() {
             parts.extensions.clear();
         }
@@ -348,13 +395,8 @@ mod tests {
             assert_eq!(replay.method().as_str(), "PURGE");
         }
         // Only small buffers go back to the stash.
-        let largest = stash::SPARE.with(|s| {
-            s.borrow()
-                .iter()
-                .map(|p| p.bytes.capacity())
-                .max()
-                .unwrap_or(0)
-        });
+        let largest =
+            stash::SPARE.with(|s| s.borrow().iter().map(|p| p.bytes.len()).max().unwrap_or(0));
         assert!(largest <= stash::LARGEST_KEPT, "{largest}");
     }
 
@@ -373,7 +415,7 @@ mod tests {
         let last = stash::LAST.take().expect("the box was given back");
         let listed = stash::SPARE.with(|s| s.borrow_mut().pop().expect("the box was listed"));
         for parts in [last, listed] {
-            assert!(parts.bytes.is_empty());
+            assert_eq!(parts.used, 0);
             assert!(parts.body.is_empty());
             assert!(parts.extensions.is_empty());
         }
