@@ -71,10 +71,11 @@ async fn requests_carry_the_token_and_share_it() {
     assert_eq!(server.api_rejections(), 0);
 }
 
-/// With the system clock the layer reads no clock while a timer vouches for the token; when
-/// the renewal point passes, the timer hands the decision back to the clock, so the token is
-/// renewed ahead of expiry as under a manual clock, and no request meets a 401.
-#[tokio::test]
+/// With the system clock on a multi-thread runtime the layer reads no clock while a timer
+/// vouches for the token; when the renewal point passes, the timer hands the decision back to
+/// the clock, so the token is renewed ahead of expiry as under a manual clock, and no request
+/// meets a 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_ahead_of_expiry_happens_on_real_time_too() {
     let server = server().await;
     // 4 s tokens: renewed 1 s (a quarter of the lifetime) before they expire.

@@ -37,7 +37,10 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Multi-thread, as services run: only there does a timer vouch for a cached token (see
+    // `TokenManager::arm_freshness_timer`). Its one worker sleeps while requests are counted.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
