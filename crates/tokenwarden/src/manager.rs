@@ -141,6 +141,14 @@ impl Drop for Entry {
     }
 }
 
+/// When a freshness timer clears the flag: at `renew_at`, but at least [`COARSE_CLOCK_LAG`]
+/// before expiry. A timer fires a little late, never early, and where renewal is due only at
+/// expiry (a token from a shared cache may say so) it must not let the flag outlive the token.
+fn fresh_until(cached: &CachedToken) -> SystemTime {
+    let margin = cached.expires_at().checked_sub(COARSE_CLOCK_LAG);
+    margin.map_or(UNIX_EPOCH, |t| t.min(cached.renew_at()))
+}
+
 /// Clears an entry's `fresh` flag when dropped: when its timer fires, and when the timer's task
 /// is dropped before that (aborted, or its runtime shut down, polled or not).
 struct MarkStale(Weak<Entry>);
@@ -696,7 +704,7 @@ impl TokenManager {
         if !matches!(runtime.runtime_flavor(), RuntimeFlavor::MultiThread) {
             return;
         }
-        let Ok(left) = entry.cached.renew_at().duration_since(SystemTime::now()) else {
+        let Ok(left) = fresh_until(&entry.cached).duration_since(SystemTime::now()) else {
             return;
         };
         if left.is_zero() {
@@ -1108,6 +1116,20 @@ mod tests {
         assert!(entry.fresh.load(Ordering::Relaxed), "cleared early");
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!entry.fresh.load(Ordering::Relaxed), "not cleared when due");
+    }
+
+    #[test]
+    fn a_fresh_flag_never_outlives_the_token() {
+        let t0 = SystemTime::now();
+        let token = || AccessToken::new("t", TokenType::Bearer).unwrap();
+        let hour = Duration::from_secs(3600);
+        let renew_early = CachedToken::new(token(), t0 + hour, t0 + hour - Duration::from_secs(60));
+        assert_eq!(
+            fresh_until(&renew_early),
+            t0 + hour - Duration::from_secs(60)
+        );
+        let renew_at_expiry = CachedToken::new(token(), t0 + hour, t0 + hour);
+        assert_eq!(fresh_until(&renew_at_expiry), t0 + hour - COARSE_CLOCK_LAG);
     }
 
     #[test]
