@@ -243,13 +243,15 @@ where
         let cold = match kind.as_mut().project() {
             KindProj::Cold { cold } => return cold.as_mut().poll(cx),
             KindProj::Sending { future, watch } => {
-                // The response is looked at where it lies and moved once, into the result:
-                // each extra move of it costs on every request.
-                let poll = future.poll(cx);
+                // The response is converted first and then looked at where it lies, moved
+                // once, into the result: each extra move of it costs on every request. (Looked
+                // at before the conversion, its status was copied from a register into the
+                // converted response, and the wider copy that followed stalled on it.)
+                let poll: Poll<Self::Output> = future.poll(cx).map_err(Into::into);
                 let rejected = matches!(&poll, Poll::Ready(Ok(response))
                     if response.status() == StatusCode::UNAUTHORIZED && watch.is_some());
                 if !rejected {
-                    return poll.map_err(Into::into);
+                    return poll;
                 }
                 let (Poll::Ready(Ok(response)), Some(watch)) = (poll, watch.take()) else {
                     return Poll::Ready(Err(polled_after_completion()));
