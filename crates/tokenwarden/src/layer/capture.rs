@@ -21,15 +21,20 @@ pub(crate) struct Captured(Option<Box<Parts>>);
 struct Parts {
     method: Method,
     version: Version,
-    /// The URI's parts, then every header name and value, in `bytes[..used]`. The rest is room
-    /// for the next request: the buffer is kept filled, so the copy writes through a slice
-    /// with its position in a register instead of growing a `Vec` field by field.
-    bytes: Vec<u8>,
+    /// The URI's parts, then every header name and value, in `inline[..used]` when they fit
+    /// (most requests), in `spill[..used]` when they do not (`spilled`). Inline, the copy
+    /// touches no memory but the box's own, and writes through a slice with its position in a
+    /// register instead of growing a `Vec` field by field.
+    inline: [u8; INLINE],
+    spill: Vec<u8>,
+    spilled: bool,
     used: usize,
     extensions: Extensions,
     body: Bytes,
 }
 
+/// Bytes of URI and headers a box holds in itself: a URI of 100 bytes and a few headers.
+const INLINE: usize = 224;
 /// Marks a URI part that is absent, where a length would be.
 const ABSENT: u32 = u32::MAX;
 /// The scheme, as one byte when it is one of the two that matter.
@@ -42,9 +47,9 @@ impl Captured {
     #[inline]
     pub(crate) fn new<B>(request: &Request<B>, body: Bytes) -> Self {
         let mut parts = stash::take();
-        parts.used = match write(request, &mut parts.bytes[..]) {
-            Some(used) => used,
-            None => grow_and_write(request, &mut parts.bytes),
+        (parts.used, parts.spilled) = match write(request, &mut parts.inline) {
+            Some(used) => (used, false),
+            None => (grow_and_write(request, &mut parts.spill), true),
         };
         parts.method = request.method().clone();
         parts.version = request.version();
@@ -71,7 +76,11 @@ impl Captured {
         *request.method_mut() = mem::take(&mut parts.method);
         *request.version_mut() = parts.version;
         *request.extensions_mut() = mem::take(&mut parts.extensions);
-        let mut rest = parts.bytes.get(..parts.used)?;
+        let bytes = match parts.spilled {
+            false => &parts.inline[..],
+            true => &parts.spill[..],
+        };
+        let mut rest = bytes.get(..parts.used)?;
         let (head, tail) = rest.split_first_chunk::<9>()?;
         rest = tail;
         let [scheme, a0, a1, a2, a3, p0, p1, p2, p3] = *head;
@@ -219,7 +228,7 @@ impl Drop for Captured {
 }
 
 /// The per-thread stash of boxes. A thread keeps at most [`stash::SPARE_PER_THREAD`] boxes whose
-/// buffers hold at most [`stash::LARGEST_KEPT`] bytes; a box that does not fit (a request with
+/// spill buffers hold at most [`stash::LARGEST_KEPT`] bytes; a box that does not fit (a request with
 /// unusually large headers, or a full stash) goes back to the allocator. A box dropped on
 /// another thread than the one that took it joins that thread's stash.
 mod stash {
@@ -232,7 +241,6 @@ mod stash {
 
     pub(super) const SPARE_PER_THREAD: usize = 32;
     pub(super) const LARGEST_KEPT: usize = 4 * 1024;
-    const FIRST_CAPACITY: usize = 256;
 
     thread_local! {
         /// The box given back last.
@@ -257,7 +265,9 @@ mod stash {
                 Box::new(Parts {
                     method: Method::GET,
                     version: Version::default(),
-                    bytes: vec![0; FIRST_CAPACITY],
+                    inline: [0; super::INLINE],
+                    spill: Vec::new(),
+                    spilled: false,
                     used: 0,
                     extensions: Extensions::new(),
                     body: Bytes::new(),
@@ -267,7 +277,7 @@ mod stash {
 
     #[inline]
     pub(super) fn give_back(mut parts: Box<Parts>) {
-        if parts.bytes.len() > LARGEST_KEPT {
+        if parts.spill.len() > LARGEST_KEPT {
             return;
         }
         // Nothing of the request outlives it in the stash but bytes of the buffer, which the
@@ -396,8 +406,32 @@ mod tests {
         }
         // Only small buffers go back to the stash.
         let largest =
-            stash::SPARE.with(|s| s.borrow().iter().map(|p| p.bytes.len()).max().unwrap_or(0));
+            stash::SPARE.with(|s| s.borrow().iter().map(|p| p.spill.len()).max().unwrap_or(0));
         assert!(largest <= stash::LARGEST_KEPT, "{largest}");
+    }
+
+    #[test]
+    fn one_box_serves_requests_that_fit_in_it_and_requests_that_spill() {
+        // Larger than the box's own buffer, small enough for the box to be stashed again.
+        let spilling = "s".repeat(2 * INLINE);
+        for round in 0..4 {
+            let value = if round % 2 == 0 { "small" } else { spilling.as_str() };
+            let request = Request::get(format!("https://api.example.com/{round}"))
+                .header("x-value", value)
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            let captured = Captured::new(&request, Bytes::new());
+            assert_eq!(
+                captured.0.as_ref().map(|p| p.spilled),
+                Some(round % 2 == 1),
+                "round {round}"
+            );
+            let replay: Request<Full<Bytes>> = captured
+                .into_request(HeaderValue::from_static("Bearer t"))
+                .unwrap();
+            assert_eq!(replay.uri(), request.uri(), "round {round}");
+            assert_eq!(replay.headers()["x-value"], value, "round {round}");
+        }
     }
 
     #[test]
