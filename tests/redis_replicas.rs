@@ -6,7 +6,6 @@
 mod common;
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{CLIENT, SECRET, server};
@@ -195,7 +194,7 @@ async fn replica_process() {
         .unwrap();
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_millis(start_ms));
     let cache = RedisTokenCache::builder(&redis_url)
-        .clock(Arc::new(clock.clone()))
+        .clock(clock.clone())
         .build()
         .unwrap();
     let manager = TokenManager::builder()

@@ -23,6 +23,22 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// A shared clock is a clock: every builder that takes `impl Clock` also takes the
+/// `Arc<dyn Clock>` (or `Arc<ManualClock>`) another part of the program already holds.
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> SystemTime {
+        (**self).now()
+    }
+
+    fn now_coarse(&self) -> SystemTime {
+        (**self).now_coarse()
+    }
+
+    fn now_coarse_unix_nanos(&self) -> u64 {
+        (**self).now_coarse_unix_nanos()
+    }
+}
+
 /// `t` as nanoseconds since the Unix epoch: 0 for earlier times, saturating in the year 2554.
 pub fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -120,6 +136,20 @@ impl fmt::Debug for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_clock_reads_the_clock_it_shares() {
+        let manual = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000));
+        let shared: Arc<dyn Clock> = Arc::new(manual.clone());
+        let nested = Arc::new(shared.clone());
+        manual.advance(Duration::from_secs(5));
+        let expected = UNIX_EPOCH + Duration::from_secs(1_005);
+        for clock in [&shared as &dyn Clock, &nested] {
+            assert_eq!(clock.now(), expected);
+            assert_eq!(clock.now_coarse(), expected);
+            assert_eq!(clock.now_coarse_unix_nanos(), 1_005_000_000_000);
+        }
+    }
 
     #[test]
     fn coarse_system_time_is_close_to_precise_time() {

@@ -48,16 +48,16 @@ impl MemoryTokenCache {
     ///
     /// With `max_entries == 0` it stores nothing and offers no leases.
     pub fn new(max_entries: usize) -> Self {
-        MemoryTokenCache::with_clock(max_entries, Arc::new(SystemClock))
+        MemoryTokenCache::with_clock(max_entries, SystemClock)
     }
 
     /// A cache holding at most `max_entries` tokens, timed by `clock` (a
     /// [`ManualClock`](tokenwarden_core::ManualClock) in tests).
-    pub fn with_clock(max_entries: usize, clock: Arc<dyn Clock>) -> Self {
+    pub fn with_clock(max_entries: usize, clock: impl Clock) -> Self {
         MemoryTokenCache {
             inner: Arc::new(Inner {
                 max_entries,
-                clock,
+                clock: Arc::new(clock),
                 entries: RwLock::new(Entries::default()),
                 leases: Mutex::new(Leases::default()),
             }),

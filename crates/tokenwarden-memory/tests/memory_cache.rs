@@ -14,7 +14,7 @@ const T0: u64 = 1_700_000_000;
 
 fn setup(max_entries: usize) -> (MemoryTokenCache, ManualClock) {
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(T0));
-    let cache = MemoryTokenCache::with_clock(max_entries, Arc::new(clock.clone()));
+    let cache = MemoryTokenCache::with_clock(max_entries, clock.clone());
     (cache, clock)
 }
 

@@ -92,8 +92,8 @@ impl RedisTokenCacheBuilder {
     }
 
     /// The clock that decides TTLs and freshness (default [`SystemClock`]).
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
         self
     }
 

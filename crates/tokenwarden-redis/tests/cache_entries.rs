@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{key, now_ms, raw, server, server_with_args, token};
@@ -58,7 +57,7 @@ async fn a_token_already_due_for_renewal_is_not_stored() {
     let server = server().await;
     let clock = ManualClock::new(now_ms());
     let cache = RedisTokenCache::builder(&server.url())
-        .clock(Arc::new(clock.clone()))
+        .clock(clock.clone())
         .build()
         .unwrap();
     let due = token("tok.due", clock.now(), Duration::ZERO);
@@ -76,7 +75,7 @@ async fn an_entry_no_longer_fresh_by_the_clock_is_a_miss() {
     let server = server().await;
     let clock = ManualClock::new(now_ms());
     let cache = RedisTokenCache::builder(&server.url())
-        .clock(Arc::new(clock.clone()))
+        .clock(clock.clone())
         .build()
         .unwrap();
     let k = key("fresh");

@@ -415,7 +415,11 @@ mod tests {
         // Larger than the box's own buffer, small enough for the box to be stashed again.
         let spilling = "s".repeat(2 * INLINE);
         for round in 0..4 {
-            let value = if round % 2 == 0 { "small" } else { spilling.as_str() };
+            let value = if round % 2 == 0 {
+                "small"
+            } else {
+                spilling.as_str()
+            };
             let request = Request::get(format!("https://api.example.com/{round}"))
                 .header("x-value", value)
                 .body(Full::<Bytes>::default())
