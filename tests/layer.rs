@@ -7,6 +7,7 @@ mod common;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -176,6 +177,120 @@ async fn a_401_after_the_service_is_gone_goes_back_as_it_is() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(server.token_requests(CLIENT), 1, "no renewal was attempted");
     assert_eq!(manager.metrics().replays, 0);
+}
+
+/// An inner service that counts its clones.
+#[derive(Debug)]
+struct CountsClones<S> {
+    inner: S,
+    clones: Arc<AtomicUsize>,
+}
+
+impl<S: Clone> Clone for CountsClones<S> {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::Relaxed);
+        CountsClones {
+            inner: self.inner.clone(),
+            clones: self.clones.clone(),
+        }
+    }
+}
+
+impl<S: Service<R>, R> Service<R> for CountsClones<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        self.inner.call(request)
+    }
+}
+
+/// Replays need a service to send with, but no request pays for one: the layer keeps one clone
+/// of the inner service, made when it is applied, and clones that only for a replay.
+#[tokio::test]
+async fn the_inner_service_is_cloned_once_per_replay_not_per_request() {
+    let server = server().await;
+    let manager = manager(&server);
+    let clones = Arc::new(AtomicUsize::new(0));
+    let inner = CountsClones {
+        inner: http_client(),
+        clones: clones.clone(),
+    };
+    let mut service = ServiceBuilder::new()
+        .layer(layer(&manager, &server))
+        .service(inner);
+    assert_eq!(
+        clones.load(Ordering::Relaxed),
+        1,
+        "the clone kept for replays"
+    );
+    for round in 0..2 {
+        for i in 0..50 {
+            // POST with a body, buffered for the replay, and GET without one.
+            let request = match i % 2 {
+                0 => Request::post(server.api_url("/invoices"))
+                    .body(Full::new(Bytes::from_static(b"{}")))
+                    .unwrap(),
+                _ => Request::get(server.api_url("/invoices"))
+                    .body(Full::default())
+                    .unwrap(),
+            };
+            let response = service.ready().await.unwrap().call(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        if round == 0 {
+            server.revoke_all();
+        }
+    }
+    assert_eq!(manager.metrics().replays, 1);
+    // A POST waits for its body before it is sent (a slow path), so the ready service goes
+    // into its future and the layer keeps a clone to make ready for the next request; a GET
+    // with a cached token (the hot path) clones nothing. Then one clone for the replay.
+    assert_eq!(
+        clones.load(Ordering::Relaxed),
+        1 + 50 + 1,
+        "the clone kept for replays, one per POST, and one for the replay"
+    );
+}
+
+/// Two services from one layer: when one of them (and every clone of it) is gone, its requests
+/// still out have no service to be replayed with, so their 401 goes back, and the token that
+/// was refused is still dropped from the cache for everyone else.
+#[tokio::test]
+async fn a_401_after_its_service_is_gone_is_returned_but_the_token_invalidated() {
+    let server = server().await;
+    let manager = manager(&server);
+    let layer = layer(&manager, &server);
+    let mut gone = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(http_client());
+    let staying = ServiceBuilder::new().layer(layer).service(http_client());
+    warm_up(&staying, &server).await;
+    server.revoke_all();
+
+    let request = Request::get(server.api_url("/invoices"))
+        .body(Full::default())
+        .unwrap();
+    let response = gone.ready().await.unwrap().call(request);
+    drop(gone);
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(manager.metrics().replays, 0);
+    assert_eq!(manager.metrics().invalidations, 1);
+
+    // The other service gets a new token at once, with no 401 of its own.
+    let request = Request::get(server.api_url("/invoices"))
+        .body(Full::default())
+        .unwrap();
+    let response = staying.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.token_requests(CLIENT), 2);
+    assert_eq!(server.api_rejections(), 1);
 }
 
 #[tokio::test]

@@ -22,7 +22,7 @@ use tokenwarden_redis::RedisTokenCache;
 use tokenwarden_testkit::RedisServer;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-use common::{Fixture, noop, request};
+use common::{Fixture, noop, noop_with_client, request};
 
 const TASKS: usize = 64;
 
@@ -103,7 +103,29 @@ fn layer_vs_static(c: &mut Criterion) {
         b.to_async(&setup)
             .iter_custom(|iters| concurrent(without_replay.clone(), uri.clone(), iters))
     });
-    let fixed = ServiceBuilder::new().layer(static_layer).service(noop());
+    let fixed = ServiceBuilder::new()
+        .layer(static_layer.clone())
+        .service(noop());
+    group.bench_function("static_add_authorization", |b| {
+        b.to_async(&setup)
+            .iter_custom(|iters| concurrent(fixed.clone(), uri.clone(), iters))
+    });
+    group.finish();
+
+    // The same on 2 workers, over an inner service that carries a hyper-util client, as a layer
+    // over a real client does: whatever clones the inner service per request writes the
+    // client's shared reference counts from both cores.
+    let mut group = c.benchmark_group("multi_thread_client_inner");
+    let tokenwarden = ServiceBuilder::new()
+        .layer(fixture.layer(&fixture.manager, true))
+        .service(noop_with_client());
+    group.bench_function("tokenwarden_layer", |b| {
+        b.to_async(&setup)
+            .iter_custom(|iters| concurrent(tokenwarden.clone(), uri.clone(), iters))
+    });
+    let fixed = ServiceBuilder::new()
+        .layer(static_layer)
+        .service(noop_with_client());
     group.bench_function("static_add_authorization", |b| {
         b.to_async(&setup)
             .iter_custom(|iters| concurrent(fixed.clone(), uri.clone(), iters))

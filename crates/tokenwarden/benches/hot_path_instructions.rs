@@ -5,7 +5,8 @@
 //! cargo bench -p tokenwarden --bench hot_path_instructions --no-run
 //! B=$(ls -t target/release/deps/hot_path_instructions-* | grep -v '\.d$' | head -1)
 //! for v in static tokenwarden tokenwarden_no_replay tokenwarden_redis_tier \
-//!     static_clone_per_request tokenwarden_clone_per_request; do for n in 0 100000; do
+//!     static_clone_per_request tokenwarden_clone_per_request static_client_inner \
+//!     tokenwarden_client_inner; do for n in 0 100000; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null $B $v $n 2>&1 | grep refs
 //! done; done
 //! ```
@@ -20,7 +21,7 @@ use tokenwarden_testkit::RedisServer;
 use tower::{Service, ServiceBuilder};
 
 use bytes::Bytes;
-use common::{Fixture, noop, send_many, send_many_cloned};
+use common::{Fixture, noop, noop_with_client, send_many, send_many_cloned};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 
@@ -55,6 +56,8 @@ fn main() {
             "tokenwarden_redis_tier",
             "static_clone_per_request",
             "tokenwarden_clone_per_request",
+            "static_client_inner",
+            "tokenwarden_client_inner",
         ],
     };
     let count: u64 = args.get(1).map_or(1_000, |n| n.parse().unwrap());
@@ -88,6 +91,21 @@ fn main() {
             ),
             "tokenwarden_clone_per_request" => send_many_cloned(
                 &ServiceBuilder::new().layer(layer(true)).service(noop()),
+                uri,
+                count,
+            ),
+            // An inner service carrying a hyper-util client, whose clones share counts.
+            "static_client_inner" => run(
+                ServiceBuilder::new()
+                    .layer(fixture.static_layer(&rt))
+                    .service(noop_with_client()),
+                uri,
+                count,
+            ),
+            "tokenwarden_client_inner" => run(
+                ServiceBuilder::new()
+                    .layer(layer(true))
+                    .service(noop_with_client()),
                 uri,
                 count,
             ),

@@ -7,6 +7,9 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use tokenwarden::{AccessTokenLayer, ClientCredentials, TokenManager, TokenManagerBuilder};
 use tokenwarden_testkit::TestServer;
 use tower::Service;
@@ -19,6 +22,21 @@ pub(crate) fn noop()
 + Send {
     tower::service_fn(|_req: Request<Full<Bytes>>| async {
         Ok::<_, Infallible>(Response::new(Full::default()))
+    })
+}
+
+/// Like [`noop`], but carrying a hyper-util `Client` as a layer over a real client does: it still
+/// answers at once, and every clone of it clones the client, whose parts share reference counts
+/// (connector configuration, executor, pool) with every other clone in the process.
+pub(crate) fn noop_with_client()
+-> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
++ Clone
++ Send {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        std::hint::black_box(&client);
+        async { Ok::<_, Infallible>(Response::new(Full::default())) }
     })
 }
 

@@ -1,5 +1,6 @@
 use std::fmt;
 use std::future::Future;
+use std::num::NonZeroU64;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -14,6 +15,7 @@ use tokenwarden_core::{BoxError, TokenParams};
 use tower_service::Service;
 
 use super::capture::Captured;
+use super::registry::ReplaySource;
 use super::service::{
     HeaderFuture, Shared, acquire_header, invalidate_rejected, renew_after_rejection,
     set_authorization,
@@ -46,7 +48,7 @@ pin_project! {
         Sending {
             #[pin]
             future: S::Future,
-            watch: Option<Watch<S>>,
+            watch: Option<Watch>,
         },
         Cold {
             cold: Pin<Box<Cold<S, B>>>,
@@ -55,14 +57,15 @@ pin_project! {
 }
 
 /// What a request sent with a cached token keeps, to act on a 401.
-pub(crate) struct Watch<S> {
+pub(crate) struct Watch {
     // The layer's id in the registry: its configuration is looked up only after a 401.
     pub(crate) layer: u64,
     // The id of the token that was sent, to invalidate exactly that token. (A request with
     // parameters of its own never takes this path, so the default parameters are implied.)
     pub(crate) sent: u64,
-    // A (not yet ready) service to replay with and the request as it was, if it can be replayed.
-    pub(crate) replay: Option<(S, Captured)>,
+    // If the request can be replayed: the id of its service's replay source (see
+    // [`registry`](super::registry)) and the request as it was.
+    pub(crate) replay: Option<(NonZeroU64, Captured)>,
 }
 
 pin_project! {
@@ -76,7 +79,11 @@ pin_project! {
         #[pin]
         state: State<S, B>,
         shared: Option<Arc<Shared>>,
-        // A (not yet ready) service to replay with, present while a replay is still possible.
+        // Where a 401 takes the service to replay with from, if the request can be replayed.
+        // (The slow paths hold it, as they hold the configuration: a request that waited for
+        // its body or its token is replayed even if its service was dropped meanwhile.)
+        replay_source: Option<Arc<ReplaySource<S>>>,
+        // The (not yet ready) service to replay with, once a 401 asked for a replay.
         replay_service: Option<S>,
         // The request as it was before the token was added; present once the body is buffered.
         captured: Option<Captured>,
@@ -163,7 +170,7 @@ where
     }
 
     #[inline]
-    pub(crate) fn sending(future: S::Future, watch: Watch<S>) -> Self {
+    pub(crate) fn sending(future: S::Future, watch: Watch) -> Self {
         ResponseFuture {
             kind: Kind::Sending {
                 future,
@@ -176,11 +183,11 @@ where
         request: Request<B>,
         ready: S,
         shared: Arc<Shared>,
-        replay: Option<(S, Captured)>,
+        replay: Option<(Arc<ReplaySource<S>>, Captured)>,
         token: HeaderFuture,
         params: Option<Box<TokenParams>>,
     ) -> Self {
-        let (replay_service, captured) = replay.unzip();
+        let (replay_source, captured) = replay.unzip();
         Self::cold(Cold {
             state: State::AwaitingToken {
                 token,
@@ -188,7 +195,8 @@ where
                 ready: Some(ready),
             },
             shared: Some(shared),
-            replay_service,
+            replay_source,
+            replay_service: None,
             captured,
             sent: None,
             params,
@@ -198,7 +206,7 @@ where
     pub(crate) fn collecting(
         request: Request<B>,
         ready: S,
-        replay_service: S,
+        replay_source: Arc<ReplaySource<S>>,
         shared: Arc<Shared>,
         cached: Option<(HeaderValue, u64)>,
         params: Option<Box<TokenParams>>,
@@ -212,7 +220,8 @@ where
                 cached,
             },
             shared: Some(shared),
-            replay_service: Some(replay_service),
+            replay_source: Some(replay_source),
+            replay_service: None,
             captured: None,
             sent: None,
             params,
@@ -230,7 +239,7 @@ where
 
 impl<S, B, ResBody> Future for ResponseFuture<S, B>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     B: Body + From<Bytes>,
     B::Error: Into<BoxError>,
@@ -276,19 +285,26 @@ where
 
 impl<S, B> Cold<S, B>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>> + Clone + Send + 'static,
     B: Body,
 {
     /// A 401 came back to a request sent with a cached token: renew and replay, or, if the
     /// request cannot be replayed, invalidate the token and return the 401.
     #[cold]
-    fn after_rejection(shared: Arc<Shared>, watch: Watch<S>, response: S::Response) -> Self {
+    fn after_rejection(shared: Arc<Shared>, watch: Watch, response: S::Response) -> Self {
         let Watch {
             layer: _,
             sent,
             replay,
         } = watch;
-        let (replay_service, captured) = replay.unzip();
+        // The service to replay with is gone only if the service and all its clones were
+        // dropped while this request was out: then the 401 goes back as it is.
+        let (replay_service, captured) = replay
+            .and_then(|(id, captured)| {
+                let service = super::registry::replay_service::<S>(id)?;
+                Some((service, captured))
+            })
+            .unzip();
         let state = if captured.is_some() {
             State::Renewing {
                 token: renew_after_rejection(shared.clone(), None, sent),
@@ -303,6 +319,7 @@ where
         Cold {
             state,
             shared: Some(shared),
+            replay_source: None,
             replay_service,
             captured,
             sent: Some(sent),
@@ -313,7 +330,7 @@ where
 
 impl<S, B, ResBody> Future for Cold<S, B>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     B: Body + From<Bytes>,
     B::Error: Into<BoxError>,
@@ -381,7 +398,10 @@ where
                     let (Some(shared), Some(sent)) = (this.shared.clone(), *this.sent) else {
                         return Poll::Ready(Ok(response));
                     };
-                    if this.replay_service.is_some() && this.captured.is_some() {
+                    if this.captured.is_some()
+                        && let Some(source) = this.replay_source.take()
+                    {
+                        *this.replay_service = Some(source.service());
                         let token =
                             renew_after_rejection(shared, this.params.as_deref().cloned(), sent);
                         this.state.set(State::Renewing {
@@ -458,4 +478,17 @@ where
 
 fn polled_after_completion() -> BoxError {
     "tokenwarden response future polled after completion".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a request sent with a cached token keeps besides the inner future: four words, and no
+    /// clone of anything (a clone of the inner service or an `Arc` would write a count shared by
+    /// every request).
+    #[test]
+    fn a_request_keeps_four_words_to_act_on_a_401() {
+        assert_eq!(std::mem::size_of::<Watch>(), 4 * std::mem::size_of::<u64>());
+    }
 }

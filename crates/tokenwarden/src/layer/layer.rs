@@ -40,7 +40,9 @@ impl AccessTokenLayer {
     }
 }
 
-impl<S> Layer<S> for AccessTokenLayer {
+/// The inner service must be `Clone + Send + 'static`: with replay on, the service keeps one
+/// clone of it to replay requests with after a 401 (see [`AccessTokenService`]).
+impl<S: Clone + Send + 'static> Layer<S> for AccessTokenLayer {
     type Service = AccessTokenService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {

@@ -1,7 +1,11 @@
 //! The tower middleware that attaches access tokens to outgoing requests.
 //!
-//! [`AccessTokenLayer`] wraps any `Service<http::Request<B>>` (hyper-util's legacy `Client`, a
-//! `tower::ServiceBuilder` stack with tower-http layers, ...). For each request to an allowed
+//! [`AccessTokenLayer`] wraps any `Service<http::Request<B>>` that is `Clone + Send + 'static`
+//! (hyper-util's legacy `Client`, a `tower::ServiceBuilder` stack with tower-http layers, ...).
+//! With replay on, the service keeps one clone of the inner service, made when the layer is
+//! applied, and clones it again only to replay a request: no request pays for a clone (a
+//! hyper-util `Client` clone writes about five reference counts shared by every request on
+//! every core). For each request to an allowed
 //! origin it sets `Authorization: <type> <token>` from the [`TokenManager`](crate::TokenManager).
 //! When the response is `401 Unauthorized` it invalidates that token (only if it is still the
 //! cached one), gets a new one and replays the request once. Requests to other origins pass

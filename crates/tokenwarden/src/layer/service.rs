@@ -15,6 +15,7 @@ use tower_service::Service;
 use super::capture::Captured;
 use super::future::{ResponseFuture, Watch};
 use super::origin::Origins;
+use super::registry::ReplaySource;
 use crate::manager::{ClientEntry, DefaultTokenCache};
 use crate::{Error, TokenManager};
 
@@ -41,10 +42,16 @@ impl Drop for Shared {
 }
 
 /// The middleware built by [`AccessTokenLayer`](super::AccessTokenLayer).
+///
+/// With replay on, it keeps one clone of the inner service (made when the layer is applied and
+/// shared by this service's clones) to replay requests with after a 401, so no request clones
+/// the inner service.
 pub struct AccessTokenService<S> {
     inner: S,
     shared: Arc<Shared>,
     token: LocalToken,
+    /// With replay on: the clone to replay with, found by its id after a 401.
+    replay: Option<Arc<ReplaySource<S>>>,
 }
 
 impl<S: Clone> Clone for AccessTokenService<S> {
@@ -53,6 +60,7 @@ impl<S: Clone> Clone for AccessTokenService<S> {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
             token: self.token.clone(),
+            replay: self.replay.clone(),
         }
     }
 }
@@ -163,16 +171,22 @@ mod header_copies {
     }
 }
 
-impl<S> AccessTokenService<S> {
+impl<S: Clone + Send + 'static> AccessTokenService<S> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
         let token = LocalToken::new(&shared.client);
+        let replay = shared
+            .replay
+            .then(|| super::registry::register_service(inner.clone()));
         AccessTokenService {
             inner,
             shared,
             token,
+            replay,
         }
     }
+}
 
+impl<S> AccessTokenService<S> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -191,7 +205,7 @@ impl<S> AccessTokenService<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for AccessTokenService<S>
 where
-    S: Service<Request<B>, Response = http::Response<ResBody>> + Clone,
+    S: Service<Request<B>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     B: Body + From<Bytes>,
     B::Error: Into<BoxError>,
@@ -231,8 +245,12 @@ where
         }
         // The hot path: a cached token and nothing to wait for, so the ready inner service is
         // called right here (in this function, so the request is not moved once more).
-        let replay =
-            replayable.then(|| (self.inner.clone(), Captured::new(&request, Bytes::new())));
+        let replay = match &self.replay {
+            Some(source) if replayable => {
+                Some((source.id(), Captured::new(&request, Bytes::new())))
+            }
+            _ => None,
+        };
         // One hash lookup in the common case: insert ours, and should the caller have set an
         // Authorization header of their own, put theirs back and leave the request be.
         if let Some(own) = request.headers_mut().insert(AUTHORIZATION, header.clone()) {
@@ -278,19 +296,19 @@ impl<S: Clone> AccessTokenService<S> {
         // `self` keeps a clone that will be made ready again.
         let clone = self.inner.clone();
         let ready = mem::replace(&mut self.inner, clone);
-        if replayable && !buffered {
-            let replay_service = self.inner.clone();
+        // A replay takes its service from the replay source, after a 401.
+        let replay_source = self.replay.as_ref().filter(|_| replayable).cloned();
+        if !buffered && let Some(source) = replay_source {
             return ResponseFuture::collecting(
                 request,
                 ready,
-                replay_service,
+                source,
                 shared.clone(),
                 cached,
                 params,
             );
         }
-        let replay =
-            replayable.then(|| (self.inner.clone(), Captured::new(&request, Bytes::new())));
+        let replay = replay_source.map(|source| (source, Captured::new(&request, Bytes::new())));
         let token = acquire_header(shared.clone(), params.as_deref().cloned());
         ResponseFuture::awaiting_token(request, ready, shared.clone(), replay, token, params)
     }
