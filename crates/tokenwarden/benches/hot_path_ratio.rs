@@ -21,6 +21,10 @@
 //!
 //! - single-thread: time per request of the layer / of the static layer (goal ≤ 1.10);
 //! - 2 workers, 64 tasks: throughput of the layer / of the static layer (goal ≥ 0.90).
+//!
+//! `TOKENWARDEN_BENCH_INNER=client cargo bench -p tokenwarden --bench hot_path_ratio` measures the
+//! same over a no-op inner service that carries a hyper-util `Client`, as a layer over a real
+//! client does: what clones the inner service per request then writes counts shared by all.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -32,7 +36,7 @@ use http::{Request, Response, Uri};
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder};
 
-use common::{Fixture, noop, request, send_many};
+use common::{Fixture, noop, noop_with_client, request, send_many};
 
 const ROUNDS: usize = 41;
 const SINGLE_BATCH: u64 = 20_000;
@@ -47,6 +51,8 @@ const PHASES: usize = 4;
 const LAYOUTS: usize = 8;
 /// Set in the processes this bench starts.
 const CHILD: &str = "TOKENWARDEN_HOT_PATH_RATIO_CHILD";
+/// Selects the inner service: `noop` (the default) or `client` (see [`measure`]).
+const INNER: &str = "TOKENWARDEN_BENCH_INNER";
 
 /// One process's ratios, layer over static: single-thread time (fastest batches; median of
 /// rounds), then 2-worker throughput (median of rounds); default layer, then replay off.
@@ -195,7 +201,22 @@ fn main() {
 }
 
 /// Measures every variant in this process; prints what it found and returns the ratios.
+/// Measures every variant over the inner service [`INNER`] names: the no-op service, or with
+/// `client` the no-op service carrying a hyper-util `Client` (whose clones share counts).
 fn measure(rounds: usize) -> Figures {
+    match std::env::var(INNER).as_deref() {
+        Ok("client") => measure_over(rounds, noop_with_client),
+        Ok("noop") | Err(_) => measure_over(rounds, noop),
+        Ok(other) => panic!("{INNER}={other}: expected `noop` or `client`"),
+    }
+}
+
+fn measure_over<S>(rounds: usize, inner: impl Fn() -> S) -> Figures
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug + Send + Sync + std::error::Error + 'static,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -205,13 +226,13 @@ fn measure(rounds: usize) -> Figures {
     let uri = fixture.uri.clone();
     let mut fixed = ServiceBuilder::new()
         .layer(fixture.static_layer(&rt))
-        .service(noop());
+        .service(inner());
     let mut default = ServiceBuilder::new()
         .layer(fixture.layer(&fixture.manager, true))
-        .service(noop());
+        .service(inner());
     let mut no_replay = ServiceBuilder::new()
         .layer(fixture.layer(&fixture.manager, false))
-        .service(noop());
+        .service(inner());
 
     // Warm-up: caches, branch predictors, the per-thread stash.
     single(&mut fixed, &uri, SINGLE_BATCH);
