@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs tokenwarden's whole test suite: unit, integration (real loopback HTTP, real
 # redis-server processes, multi-process replicas), doc tests, and the examples and
-# benchmarks compiled. Installs what the tests need when it is missing.
+# benchmarks compiled, and the dependency policy (deny.toml). Installs what it needs
+# (redis-server, cargo-deny) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +21,28 @@ need_redis() {
   }
 }
 
+# cargo-deny, pinned: the version this workspace's deny.toml was written and checked with.
+CARGO_DENY_VERSION=0.20.2
+need_cargo_deny() {
+  if command -v cargo-deny >/dev/null 2>&1 &&
+    [ "$(cargo-deny --version | awk '{print $2}')" = "$CARGO_DENY_VERSION" ]; then
+    return 0
+  fi
+  echo "test.sh: installing cargo-deny $CARGO_DENY_VERSION from crates.io (once; a few minutes)" >&2
+  cargo install --locked "cargo-deny@$CARGO_DENY_VERSION" >&2 || {
+    echo "test.sh: cargo-deny is required by the dependency policy check and could not be installed" >&2
+    exit 1
+  }
+}
+
 need_redis
 redis-server --version
+need_cargo_deny
+
+# The dependency policy in deny.toml: bans, licenses and sources. The fourth check,
+# advisories, fetches the RustSec database from GitHub, which CI machines here cannot reach;
+# run `cargo deny check advisories` where GitHub is reachable.
+cargo deny --locked check bans licenses sources
 
 # Examples and benchmarks must keep compiling.
 cargo build --workspace --locked --all-features --examples --benches
