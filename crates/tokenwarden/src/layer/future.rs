@@ -354,7 +354,7 @@ where
                         return Poll::Ready(Err(polled_after_completion()));
                     };
                     let mut request = Request::from_parts(*parts, B::from(body.clone()));
-                    *this.captured = Some(Captured::new(&request, body));
+                    *this.captured = Some(Captured::with_body(&request, body));
                     match cached.take() {
                         Some((header, id)) => {
                             set_authorization(&mut request, header);

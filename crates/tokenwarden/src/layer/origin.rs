@@ -119,6 +119,11 @@ mod tests {
         let api = ["https://api.example.com"];
         assert!(allows(&api, "https://api.example.com/v1/x?y=1"));
         assert!(allows(&api, "https://API.example.com:443/"));
+        assert!(
+            allows(&api, "HTTPS://api.example.com/"),
+            "schemes ignore case"
+        );
+        assert!(!allows(&api, "HTTP://api.example.com/"));
         assert!(!allows(&api, "http://api.example.com/"), "scheme differs");
         assert!(
             !allows(&api, "https://api.example.com:8443/"),

@@ -246,9 +246,7 @@ where
         // The hot path: a cached token and nothing to wait for, so the ready inner service is
         // called right here (in this function, so the request is not moved once more).
         let replay = match &self.replay {
-            Some(source) if replayable => {
-                Some((source.id(), Captured::new(&request, Bytes::new())))
-            }
+            Some(source) if replayable => Some((source.id(), Captured::new(&request))),
             _ => None,
         };
         // One hash lookup in the common case: insert ours, and should the caller have set an
@@ -308,7 +306,7 @@ impl<S: Clone> AccessTokenService<S> {
                 params,
             );
         }
-        let replay = replay_source.map(|source| (source, Captured::new(&request, Bytes::new())));
+        let replay = replay_source.map(|source| (source, Captured::new(&request)));
         let token = acquire_header(shared.clone(), params.as_deref().cloned());
         ResponseFuture::awaiting_token(request, ready, shared.clone(), replay, token, params)
     }
