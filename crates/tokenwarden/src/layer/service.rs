@@ -1,6 +1,7 @@
 use std::fmt;
 use std::future::Future;
 use std::mem;
+use std::num::NonZeroU64;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -52,6 +53,8 @@ pub struct AccessTokenService<S> {
     token: LocalToken,
     /// With replay on: the clone to replay with, found by its id after a 401.
     replay: Option<Arc<ReplaySource<S>>>,
+    /// `replay`'s id, kept here so the hot path reads it without following the pointer.
+    replay_id: Option<NonZeroU64>,
 }
 
 impl<S: Clone> Clone for AccessTokenService<S> {
@@ -61,6 +64,7 @@ impl<S: Clone> Clone for AccessTokenService<S> {
             shared: self.shared.clone(),
             token: self.token.clone(),
             replay: self.replay.clone(),
+            replay_id: self.replay_id,
         }
     }
 }
@@ -177,11 +181,13 @@ impl<S: Clone + Send + 'static> AccessTokenService<S> {
         let replay = shared
             .replay
             .then(|| super::registry::register_service(inner.clone()));
+        let replay_id = replay.as_ref().map(|source| source.id());
         AccessTokenService {
             inner,
             shared,
             token,
             replay,
+            replay_id,
         }
     }
 }
@@ -245,8 +251,8 @@ where
         }
         // The hot path: a cached token and nothing to wait for, so the ready inner service is
         // called right here (in this function, so the request is not moved once more).
-        let replay = match &self.replay {
-            Some(source) if replayable => Some((source.id(), Captured::new(&request))),
+        let replay = match self.replay_id {
+            Some(id) if replayable => Some((id, Captured::new(&request))),
             _ => None,
         };
         // One hash lookup in the common case: insert ours, and should the caller have set an
