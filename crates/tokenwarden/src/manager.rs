@@ -557,9 +557,15 @@ impl TokenManager {
         None
     }
 
-    /// A per-service view of the client's default token for [`usable_default`](Self::usable_default).
+    /// A view of the client's default token for [`usable_default`](Self::usable_default).
     pub(crate) fn default_token_cache(client: &ClientEntry) -> DefaultTokenCache {
         arc_swap::Cache::new(client.default_slot.current.clone())
+    }
+
+    /// What tells the client's default token apart from every other slot's while a
+    /// [`DefaultTokenCache`] of it is alive: the address of what the cache holds a reference to.
+    pub(crate) fn default_token_key(client: &ClientEntry) -> usize {
+        Arc::as_ptr(&client.default_slot.current).addr()
     }
 
     pub(crate) fn slot_for(&self, client: &ClientEntry, params: &TokenParams) -> Arc<Slot> {

@@ -47,24 +47,82 @@ impl Drop for Shared {
 /// With replay on, it keeps one clone of the inner service (made when the layer is applied and
 /// shared by this service's clones) to replay requests with after a 401, so no request clones
 /// the inner service.
+///
+/// A clone of it clones the inner service and one `Arc`: callers that clone a service for every
+/// request (`svc.clone().oneshot(request)`) write one shared reference count a request.
 pub struct AccessTokenService<S> {
     inner: S,
+    applied: Arc<Applied<S>>,
+    /// The service made by the layer keeps its own view of the default token, so the requests
+    /// it sends skip even a thread-local lookup; its clones start without one and read this
+    /// thread's (see [`local_tokens`]), so that cloning writes no count of the token's.
+    token: Option<LocalToken>,
+}
+
+/// A cached token's header: the service's own (cloned where it goes into the request; see
+/// [`LocalToken::current`]) or a clone of this thread's.
+enum Cached<'a> {
+    Service(&'a HeaderValue),
+    Thread(HeaderValue),
+}
+
+impl Cached<'_> {
+    fn into_owned(self) -> HeaderValue {
+        match self {
+            Cached::Service(header) => header.clone(),
+            Cached::Thread(header) => header,
+        }
+    }
+}
+
+/// One service's view of its client's default token, and its own copy of the token's header.
+struct LocalToken {
+    entries: DefaultTokenCache,
+    header: Option<(u64, HeaderValue)>,
+}
+
+impl LocalToken {
+    /// The default token's header and id, if a usable token is cached.
+    ///
+    /// A reference, cloned only where the header goes into the request: a `HeaderValue` moved
+    /// through the stack is read back with wider loads than the byte of its `is_sensitive`
+    /// flag was written with, and that read stalls on a failed store-to-load forward (about
+    /// 7 ns a request in one memory layout profiled with perf).
+    #[inline]
+    fn current(&mut self, hot: &Hot) -> Option<(&HeaderValue, u64)> {
+        let entry = hot.manager.usable_default(&hot.client, &mut self.entries)?;
+        let id = entry.id;
+        if !matches!(&self.header, Some((cached, _)) if *cached == id) {
+            self.header = Some((id, local_tokens::copy(&entry.header)));
+        }
+        self.header.as_ref().map(|(_, header)| (header, id))
+    }
+}
+
+/// What every clone of one applied layer shares, behind one `Arc`.
+///
+/// Aligned to a cache line so that the `Arc`'s reference counts, which every clone and drop of
+/// the service writes, share no line with the fields every request reads.
+#[repr(align(64))]
+struct Applied<S> {
+    /// What the hot path reads of the configuration, copied here when the layer is applied so
+    /// that it is one pointer away, not two.
+    hot: Hot,
     shared: Arc<Shared>,
-    token: LocalToken,
     /// With replay on: the clone to replay with, found by its id after a 401.
     replay: Option<Arc<ReplaySource<S>>>,
-    /// `replay`'s id, kept here so the hot path reads it without following the pointer.
+    /// `replay`'s id, read on the hot path without following that pointer.
     replay_id: Option<NonZeroU64>,
+    /// Where this thread's view of the client's default token is kept (see [`local_tokens`]).
+    token_key: usize,
 }
 
 impl<S: Clone> Clone for AccessTokenService<S> {
     fn clone(&self) -> Self {
         AccessTokenService {
             inner: self.inner.clone(),
-            shared: self.shared.clone(),
-            token: self.token.clone(),
-            replay: self.replay.clone(),
-            replay_id: self.replay_id,
+            applied: self.applied.clone(),
+            token: None,
         }
     }
 }
@@ -73,121 +131,151 @@ impl<S: fmt::Debug> fmt::Debug for AccessTokenService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AccessTokenService")
             .field("inner", &self.inner)
-            .field("client", &self.shared.client.name)
+            .field("client", &self.applied.shared.client.name)
             .finish()
     }
 }
 
-/// One service's view of its client's default token.
-pub(crate) struct LocalToken {
-    entries: DefaultTokenCache,
-    /// The current token's header, as a clone of the copy this thread made of it (see
-    /// [`header_copies`]); kept here so that a service sending many requests skips even the
-    /// thread-local lookup. A clone of the service starts without it.
-    header: Option<(u64, HeaderValue)>,
+/// The part of [`Shared`] every request reads.
+struct Hot {
+    layer: u64,
+    manager: TokenManager,
+    client: Arc<ClientEntry>,
+    origins: Origins,
+    /// With replay on, the largest body buffered for a replay; `None` with replay off.
+    replay_limit: Option<u64>,
 }
 
-impl Clone for LocalToken {
-    fn clone(&self) -> Self {
-        LocalToken {
-            entries: self.entries.clone(),
-            header: None,
-        }
-    }
-}
-
-impl LocalToken {
-    fn new(client: &ClientEntry) -> Self {
-        LocalToken {
-            entries: TokenManager::default_token_cache(client),
-            header: None,
-        }
-    }
-
-    /// The default token's header and id, if a usable token is cached.
-    ///
-    /// A reference, cloned only where the header goes into the request: a `HeaderValue` moved
-    /// through the stack is read back with wider loads than the byte of its `is_sensitive`
-    /// flag was written with, and that read stalls on a failed store-to-load forward (about
-    /// 7 ns a request in one memory layout profiled with perf).
-    #[inline]
-    fn current(&mut self, shared: &Shared) -> Option<(&HeaderValue, u64)> {
-        let entry = shared
-            .manager
-            .usable_default(&shared.client, &mut self.entries)?;
-        let id = entry.id;
-        if !matches!(&self.header, Some((cached, _)) if *cached == id) {
-            self.header = Some((id, header_copies::get(id, &entry.header)));
-        }
-        self.header.as_ref().map(|(_, header)| (header, id))
-    }
-}
-
-/// This thread's copies of token headers.
+/// Each thread's view of the default tokens its layers send, and its own copy of each token's
+/// header.
+///
+/// Per thread, not per service, so that a service holds nothing here and its clones cost
+/// nothing: callers often clone a service for every request, and a per-service view would hold
+/// `Arc`s of the token, whose counts every clone and drop on every core would write.
 ///
 /// Every request carries a clone of the `Authorization` value, and cloning a `HeaderValue` bumps
 /// the reference count of its bytes: with one value for the whole process, that count would be
 /// written by every request on every core (tower-http's static layer does exactly that). Each
 /// thread copies a token's header once and clones its own copy; a count is then written by one
-/// thread's requests (and by whoever drops them). Per thread rather than per service, because
-/// services are often cloned for each request, and a copy per clone would cost an allocation and
-/// a check of every byte of the token each time.
-mod header_copies {
+/// thread's requests (and by whoever drops them).
+mod local_tokens {
     use std::cell::RefCell;
 
     use http::HeaderValue;
 
-    /// Tokens a thread keeps copies of at once: one per client its layers serve, commonly. A
-    /// thread that alternates between more tokens than this copies a header again on a miss.
-    const SLOTS: usize = 8;
+    use super::Hot;
+    use crate::TokenManager;
+    use crate::manager::DefaultTokenCache;
 
-    struct Copies {
-        slots: [Option<(u64, HeaderValue)>; SLOTS],
+    /// Default tokens a thread keeps a view of at once: one per client its layers serve,
+    /// commonly. A thread that alternates between more clients than this rebuilds a view (and
+    /// copies a header) on a miss.
+    pub(super) const SLOTS: usize = 8;
+
+    struct Local {
+        /// [`TokenManager::default_token_key`]: unique while `entries` is alive.
+        key: usize,
+        entries: DefaultTokenCache,
+        /// The current token's id and this thread's copy of its header.
+        header: Option<(u64, HeaderValue)>,
+    }
+
+    struct Table {
+        slots: [Option<Local>; SLOTS],
         next: usize,
     }
 
     thread_local! {
-        static COPIES: RefCell<Copies> = const {
-            RefCell::new(Copies { slots: [const { None }; SLOTS], next: 0 })
+        static TABLE: RefCell<Table> = const {
+            RefCell::new(Table { slots: [const { None }; SLOTS], next: 0 })
         };
     }
 
-    /// A clone of this thread's copy of `header`, the header of entry `id` (ids are unique in the
-    /// process); the copy is made on first use.
-    #[inline(never)]
-    pub(super) fn get(id: u64, header: &HeaderValue) -> HeaderValue {
-        COPIES
-            .try_with(|copies| {
-                let mut copies = copies.try_borrow_mut().ok()?;
-                if let Some((_, copy)) = copies.slots.iter().flatten().find(|(i, _)| *i == id) {
-                    return Some(copy.clone());
+    /// The default token's header (a clone of this thread's copy) and id, if a usable token is
+    /// cached; `None` also where this thread cannot keep a view (it is shutting down), in which
+    /// case the request takes the slow path.
+    #[inline]
+    pub(super) fn current(hot: &Hot, key: usize) -> Option<(HeaderValue, u64)> {
+        TABLE
+            .try_with(|table| {
+                let mut table = table.try_borrow_mut().ok()?;
+                let table = &mut *table;
+                let index = match table
+                    .slots
+                    .iter()
+                    .position(|s| matches!(s, Some(local) if local.key == key))
+                {
+                    Some(index) => index,
+                    None => table.add(hot, key),
+                };
+                let Local {
+                    entries, header, ..
+                } = table.slots[index].as_mut()?;
+                let entry = hot.manager.usable_default(&hot.client, entries)?;
+                let id = entry.id;
+                if !matches!(header, Some((cached, _)) if *cached == id) {
+                    *header = Some((id, copy(&entry.header)));
                 }
-                let mut copy = HeaderValue::from_bytes(header.as_bytes()).ok()?;
-                copy.set_sensitive(true);
-                let slot = copies.next;
-                copies.next = (slot + 1) % SLOTS;
-                copies.slots[slot] = Some((id, copy.clone()));
-                Some(copy)
+                header.as_ref().map(|(_, value)| (value.clone(), id))
             })
             .ok()
             .flatten()
-            .unwrap_or_else(|| header.clone())
+    }
+
+    impl Table {
+        #[cold]
+        #[inline(never)]
+        fn add(&mut self, hot: &Hot, key: usize) -> usize {
+            let index = self.next;
+            self.next = (index + 1) % SLOTS;
+            self.slots[index] = Some(Local {
+                key,
+                entries: TokenManager::default_token_cache(&hot.client),
+                header: None,
+            });
+            index
+        }
+    }
+
+    /// A copy of a token's header: the same bytes in memory of its own.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn copy(header: &HeaderValue) -> HeaderValue {
+        let mut copy =
+            HeaderValue::from_bytes(header.as_bytes()).unwrap_or_else(|_| header.clone());
+        copy.set_sensitive(true);
+        copy
     }
 }
 
 impl<S: Clone + Send + 'static> AccessTokenService<S> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        let token = LocalToken::new(&shared.client);
         let replay = shared
             .replay
             .then(|| super::registry::register_service(inner.clone()));
         let replay_id = replay.as_ref().map(|source| source.id());
+        let token_key = TokenManager::default_token_key(&shared.client);
+        let token = Some(LocalToken {
+            entries: TokenManager::default_token_cache(&shared.client),
+            header: None,
+        });
+        let hot = Hot {
+            layer: shared.id,
+            manager: shared.manager.clone(),
+            client: shared.client.clone(),
+            origins: shared.origins.clone(),
+            replay_limit: shared.replay.then_some(shared.max_replay_bytes as u64),
+        };
         AccessTokenService {
             inner,
-            shared,
+            applied: Arc::new(Applied {
+                hot,
+                shared,
+                replay,
+                replay_id,
+                token_key,
+            }),
             token,
-            replay,
-            replay_id,
         }
     }
 }
@@ -226,43 +314,52 @@ where
 
     #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let shared = &*self.shared;
-        if !shared.origins.allows(request.uri()) {
+        let applied = &*self.applied;
+        let hot = &applied.hot;
+        if !hot.origins.allows(request.uri()) {
             return ResponseFuture::passthrough(self.inner.call(request));
         }
         let default_params = request
             .extensions()
             .get::<TokenParams>()
             .is_none_or(|p| !p.is_force_renewal() && p.uses_default_key());
-        let cached = match default_params {
-            true => self.token.current(shared),
-            false => None,
+        let cached = match (default_params, &mut self.token) {
+            (true, Some(token)) => token
+                .current(hot)
+                .map(|(header, id)| (Cached::Service(header), id)),
+            (true, None) => local_tokens::current(hot, applied.token_key)
+                .map(|(header, id)| (Cached::Thread(header), id)),
+            (false, _) => None,
         };
         let Some((header, id)) = cached else {
             return self.call_slow(request, None);
         };
         let exact_size = request.body().size_hint().exact();
         let replayable =
-            shared.replay && exact_size.is_some_and(|n| n <= shared.max_replay_bytes as u64);
+            matches!((exact_size, hot.replay_limit), (Some(n), Some(limit)) if n <= limit);
         // An empty body needs no buffering: the replay sends an empty body too.
         if replayable && exact_size != Some(0) {
-            let header = header.clone();
+            let header = header.into_owned();
             return self.call_slow(request, Some((header, id)));
         }
         // The hot path: a cached token and nothing to wait for, so the ready inner service is
         // called right here (in this function, so the request is not moved once more).
-        let replay = match self.replay_id {
+        let replay = match applied.replay_id {
             Some(id) if replayable => Some((id, Captured::new(&request))),
             _ => None,
         };
         // One hash lookup in the common case: insert ours, and should the caller have set an
         // Authorization header of their own, put theirs back and leave the request be.
-        if let Some(own) = request.headers_mut().insert(AUTHORIZATION, header.clone()) {
+        let previous = match header {
+            Cached::Service(header) => request.headers_mut().insert(AUTHORIZATION, header.clone()),
+            Cached::Thread(header) => request.headers_mut().insert(AUTHORIZATION, header),
+        };
+        if let Some(own) = previous {
             request.headers_mut().insert(AUTHORIZATION, own);
             return ResponseFuture::passthrough(self.inner.call(request));
         }
         let watch = Watch {
-            layer: shared.id,
+            layer: hot.layer,
             sent: id,
             replay,
         };
@@ -283,7 +380,7 @@ impl<S: Clone> AccessTokenService<S> {
         S: Service<Request<B>>,
         B: Body,
     {
-        let shared = &self.shared;
+        let shared = &self.applied.shared;
         let params = request
             .extensions()
             .get::<TokenParams>()
@@ -301,7 +398,7 @@ impl<S: Clone> AccessTokenService<S> {
         let clone = self.inner.clone();
         let ready = mem::replace(&mut self.inner, clone);
         // A replay takes its service from the replay source, after a 401.
-        let replay_source = self.replay.as_ref().filter(|_| replayable).cloned();
+        let replay_source = self.applied.replay.as_ref().filter(|_| replayable).cloned();
         if !buffered && let Some(source) = replay_source {
             return ResponseFuture::collecting(
                 request,
@@ -467,24 +564,75 @@ mod tests {
         assert_eq!(server.token_requests("c"), 1);
     }
 
-    #[test]
-    fn header_copies_are_right_beyond_their_slots_and_reused() {
-        let headers: Vec<_> = (0..20)
-            .map(|i| HeaderValue::from_str(&format!("Bearer t{i}")).unwrap())
-            .collect();
-        // Ids far from the manager's, which count up from 1.
-        let id = |i: usize| u64::MAX - i as u64;
-        for _ in 0..2 {
-            for (i, header) in headers.iter().enumerate() {
-                let copy = header_copies::get(id(i), header);
-                assert_eq!(copy, header);
-                assert!(copy.is_sensitive());
-                assert_ne!(copy.as_bytes().as_ptr(), header.as_bytes().as_ptr());
-            }
+    /// More clients on one thread than its table of token views holds: every request still
+    /// carries its own client's token, no client asks for a second token, and while a thread
+    /// sends for no more clients than the table holds, it reuses its copy of each header.
+    #[tokio::test]
+    async fn a_thread_sends_the_right_token_for_more_clients_than_its_table_holds() {
+        let clients = local_tokens::SLOTS + 3;
+        let names: Vec<String> = (0..clients).map(|i| format!("c{i}")).collect();
+        let mut server = TestServer::builder();
+        for name in &names {
+            server = server.client(name, "s");
         }
-        let first = header_copies::get(id(19), &headers[19]);
-        let again = header_copies::get(id(19), &headers[19]);
-        assert_eq!(first.as_bytes().as_ptr(), again.as_bytes().as_ptr());
+        let server = server.start().await.unwrap();
+        let mut manager = TokenManager::builder();
+        for name in &names {
+            let client = ClientCredentials::builder(&server.token_endpoint(), name)
+                .client_secret("s")
+                .build()
+                .unwrap();
+            manager = manager.client(name, client);
+        }
+        let manager = manager.build().unwrap();
+        let mut expected = Vec::new();
+        for name in &names {
+            let token = manager.token(name).await.unwrap();
+            expected.push(format!("Bearer {}", token.expose_secret()));
+        }
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let services: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let layer = AccessTokenLayer::builder(&manager, name)
+                    .allow_any_origin()
+                    .build()
+                    .unwrap();
+                let record = seen.clone();
+                let inner = tower::service_fn(move |request: Request<Full<Bytes>>| {
+                    let value = &request.headers()[AUTHORIZATION];
+                    record
+                        .lock()
+                        .unwrap()
+                        .push((value.as_bytes().as_ptr() as usize, value.clone()));
+                    async { Ok::<_, Infallible>(http::Response::new(Full::<Bytes>::default())) }
+                });
+                tower::Layer::layer(&layer, inner)
+            })
+            .collect();
+        let sent = |clients: usize, rounds: usize| {
+            let mut sent = Vec::new();
+            for _ in 0..rounds {
+                for (i, service) in services.iter().enumerate().take(clients) {
+                    let at = send_on_this_thread(service, &seen);
+                    let value = seen.lock().unwrap().last().unwrap().1.clone();
+                    assert_eq!(value, expected[i].as_str(), "client {i}");
+                    assert!(value.is_sensitive());
+                    sent.push((i, at));
+                }
+            }
+            sent
+        };
+        // Round robin over more clients than slots: every view is rebuilt, every token right.
+        sent(clients, 3);
+        // Within the table's size, once every view is in it again (a pass over the clients can
+        // evict a view it comes to later), each client's header is one copy, reused.
+        sent(local_tokens::SLOTS, 2);
+        let (first, second) = (sent(local_tokens::SLOTS, 1), sent(local_tokens::SLOTS, 1));
+        assert_eq!(first, second, "each client reuses this thread's copy");
+        for name in &names {
+            assert_eq!(server.token_requests(name), 1, "{name}");
+        }
     }
 
     #[tokio::test]
@@ -504,7 +652,7 @@ mod tests {
                 Ok::<_, Infallible>(http::Response::new(Full::<Bytes>::default()))
             }),
         );
-        let id = service.shared.id;
+        let id = service.applied.shared.id;
         assert!(super::super::registry::find(id).is_some());
         drop(layer);
         assert!(
