@@ -25,6 +25,11 @@
 //! `TOKENWARDEN_BENCH_INNER=client cargo bench -p tokenwarden --bench hot_path_ratio` measures the
 //! same over a no-op inner service that carries a hyper-util `Client`, as a layer over a real
 //! client does: what clones the inner service per request then writes counts shared by all.
+//!
+//! `TOKENWARDEN_BENCH_REQUEST=typical` sends a GET with a query and five headers (those a client
+//! sets and those a traced service forwards) instead of the one-header GET: the layer's cost
+//! against the cost of a request as services send them, where the default measures it against
+//! the smallest request there is.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -36,7 +41,7 @@ use http::{Request, Response, Uri};
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder};
 
-use common::{Fixture, noop, noop_with_client, request, send_many};
+use common::{Fixture, Minimal, Shape, Typical, noop, noop_with_client, send_many_of};
 
 const ROUNDS: usize = 41;
 const SINGLE_BATCH: u64 = 20_000;
@@ -53,6 +58,8 @@ const LAYOUTS: usize = 8;
 const CHILD: &str = "TOKENWARDEN_HOT_PATH_RATIO_CHILD";
 /// Selects the inner service: `noop` (the default) or `client` (see [`measure`]).
 const INNER: &str = "TOKENWARDEN_BENCH_INNER";
+/// Selects the request: `minimal` (the default: [`Minimal`]) or `typical` ([`Typical`]).
+const REQUEST: &str = "TOKENWARDEN_BENCH_REQUEST";
 
 /// One process's ratios, layer over static: single-thread time (fastest batches; median of
 /// rounds), then 2-worker throughput (median of rounds); default layer, then replay off.
@@ -63,16 +70,16 @@ struct Figures {
 }
 
 /// [`single`] with its frame moved down the stack by `phase` × 16 bytes.
-fn single_at<S>(phase: usize, service: &mut S, uri: &Uri, count: u64) -> Duration
+fn single_at<R: Shape, S>(phase: usize, service: &mut S, uri: &Uri, count: u64) -> Duration
 where
     S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
     S::Error: std::fmt::Debug,
 {
     match phase % PHASES {
-        0 => below::<1, _>(|| single(service, uri, count)),
-        1 => below::<17, _>(|| single(service, uri, count)),
-        2 => below::<33, _>(|| single(service, uri, count)),
-        _ => below::<49, _>(|| single(service, uri, count)),
+        0 => below::<1, _>(|| single::<R, S>(service, uri, count)),
+        1 => below::<17, _>(|| single::<R, S>(service, uri, count)),
+        2 => below::<33, _>(|| single::<R, S>(service, uri, count)),
+        _ => below::<49, _>(|| single::<R, S>(service, uri, count)),
     }
 }
 
@@ -87,18 +94,18 @@ fn below<const N: usize, R>(f: impl FnOnce() -> R) -> R {
 
 /// Sends `count` requests one at a time, polling each response future once.
 #[inline(never)]
-fn single<S>(service: &mut S, uri: &Uri, count: u64) -> Duration
+fn single<R: Shape, S>(service: &mut S, uri: &Uri, count: u64) -> Duration
 where
     S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
     S::Error: std::fmt::Debug,
 {
     let start = Instant::now();
-    send_many(service, uri, count);
+    send_many_of::<R, S>(service, uri, count);
     start.elapsed()
 }
 
 /// `TASKS` tasks on the runtime each send `PER_TASK` requests through their own clone.
-fn concurrent<S>(rt: &tokio::runtime::Runtime, service: &S, uri: &Uri) -> Duration
+fn concurrent<R: Shape, S>(rt: &tokio::runtime::Runtime, service: &S, uri: &Uri) -> Duration
 where
     S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + Clone + Send + 'static,
     S::Future: Send,
@@ -114,7 +121,7 @@ where
                         std::future::poll_fn(|cx| service.poll_ready(cx))
                             .await
                             .unwrap();
-                        std::hint::black_box(service.call(request(&uri)).await.unwrap());
+                        std::hint::black_box(service.call(R::request(&uri)).await.unwrap());
                     }
                 })
             })
@@ -164,7 +171,12 @@ fn main() {
     }
     let exe = std::env::current_exe().unwrap();
     let mut all = Vec::new();
-    println!("layer / static, {LAYOUTS} processes (memory layouts):");
+    let setting = |name: &str, default: &str| std::env::var(name).unwrap_or(default.to_owned());
+    println!(
+        "layer / static, {LAYOUTS} processes (memory layouts); request {}, inner service {}:",
+        setting(REQUEST, "minimal"),
+        setting(INNER, "noop")
+    );
     println!(
         "  fastest batches: default, replay off | median of rounds: default, replay off | 2-worker throughput: default, replay off"
     );
@@ -204,14 +216,21 @@ fn main() {
 /// Measures every variant over the inner service [`INNER`] names: the no-op service, or with
 /// `client` the no-op service carrying a hyper-util `Client` (whose clones share counts).
 fn measure(rounds: usize) -> Figures {
-    match std::env::var(INNER).as_deref() {
-        Ok("client") => measure_over(rounds, noop_with_client),
-        Ok("noop") | Err(_) => measure_over(rounds, noop),
-        Ok(other) => panic!("{INNER}={other}: expected `noop` or `client`"),
+    let typical = match std::env::var(REQUEST).as_deref() {
+        Ok("typical") => true,
+        Ok("minimal") | Err(_) => false,
+        Ok(other) => panic!("{REQUEST}={other}: expected `minimal` or `typical`"),
+    };
+    match (std::env::var(INNER).as_deref(), typical) {
+        (Ok("client"), false) => measure_over::<Minimal, _>(rounds, noop_with_client),
+        (Ok("client"), true) => measure_over::<Typical, _>(rounds, noop_with_client),
+        (Ok("noop") | Err(_), false) => measure_over::<Minimal, _>(rounds, noop),
+        (Ok("noop") | Err(_), true) => measure_over::<Typical, _>(rounds, noop),
+        (Ok(other), _) => panic!("{INNER}={other}: expected `noop` or `client`"),
     }
 }
 
-fn measure_over<S>(rounds: usize, inner: impl Fn() -> S) -> Figures
+fn measure_over<R: Shape, S>(rounds: usize, inner: impl Fn() -> S) -> Figures
 where
     S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + Clone + Send + 'static,
     S::Future: Send,
@@ -223,7 +242,7 @@ where
         .build()
         .unwrap();
     let fixture = Fixture::start(&rt);
-    let uri = fixture.uri.clone();
+    let uri = R::uri(&fixture.uri);
     let mut fixed = ServiceBuilder::new()
         .layer(fixture.static_layer(&rt))
         .service(inner());
@@ -235,9 +254,9 @@ where
         .service(inner());
 
     // Warm-up: caches, branch predictors, the per-thread stash.
-    single(&mut fixed, &uri, SINGLE_BATCH);
-    single(&mut default, &uri, SINGLE_BATCH);
-    single(&mut no_replay, &uri, SINGLE_BATCH);
+    single::<R, _>(&mut fixed, &uri, SINGLE_BATCH);
+    single::<R, _>(&mut default, &uri, SINGLE_BATCH);
+    single::<R, _>(&mut no_replay, &uri, SINGLE_BATCH);
 
     let (mut time_default, mut time_no_replay) = (Vec::new(), Vec::new());
     let (mut throughput_default, mut throughput_no_replay) = (Vec::new(), Vec::new());
@@ -247,9 +266,9 @@ where
         for k in 0..3 {
             let v = (round + k) % 3;
             t[v] = match v {
-                0 => single_at(round, &mut fixed, &uri, SINGLE_BATCH),
-                1 => single_at(round, &mut default, &uri, SINGLE_BATCH),
-                _ => single_at(round, &mut no_replay, &uri, SINGLE_BATCH),
+                0 => single_at::<R, _>(round, &mut fixed, &uri, SINGLE_BATCH),
+                1 => single_at::<R, _>(round, &mut default, &uri, SINGLE_BATCH),
+                _ => single_at::<R, _>(round, &mut no_replay, &uri, SINGLE_BATCH),
             };
         }
         time_default.push(t[1].as_secs_f64() / t[0].as_secs_f64());
@@ -258,9 +277,9 @@ where
         for k in 0..3 {
             let v = (round + k) % 3;
             c[v] = match v {
-                0 => concurrent(&rt, &fixed, &uri),
-                1 => concurrent(&rt, &default, &uri),
-                _ => concurrent(&rt, &no_replay, &uri),
+                0 => concurrent::<R, _>(&rt, &fixed, &uri),
+                1 => concurrent::<R, _>(&rt, &default, &uri),
+                _ => concurrent::<R, _>(&rt, &no_replay, &uri),
             };
         }
         // Same number of requests each: throughput ratio = static time / layer time.
@@ -275,9 +294,9 @@ where
         for k in 0..3 {
             let v = (round / PHASES + k) % 3;
             let t = match v {
-                0 => single_at(phase, &mut fixed, &uri, SHORT_BATCH),
-                1 => single_at(phase, &mut default, &uri, SHORT_BATCH),
-                _ => single_at(phase, &mut no_replay, &uri, SHORT_BATCH),
+                0 => single_at::<R, _>(phase, &mut fixed, &uri, SHORT_BATCH),
+                1 => single_at::<R, _>(phase, &mut default, &uri, SHORT_BATCH),
+                _ => single_at::<R, _>(phase, &mut no_replay, &uri, SHORT_BATCH),
             };
             fastest_at[phase][v] = fastest_at[phase][v].min(t);
         }

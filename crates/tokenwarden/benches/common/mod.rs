@@ -49,6 +49,62 @@ pub(crate) fn request(uri: &Uri) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// What a measured loop sends: a request built anew each time, as a caller would.
+pub(crate) trait Shape {
+    /// Where requests of this shape go, on the fixture's server at `base`.
+    fn uri(base: &Uri) -> Uri;
+    fn request(uri: &Uri) -> Request<Full<Bytes>>;
+}
+
+/// [`request`]: the smallest request a caller sends, and so the one where the layer's fixed
+/// cost weighs most against the request's own.
+pub(crate) struct Minimal;
+
+impl Shape for Minimal {
+    fn uri(base: &Uri) -> Uri {
+        base.clone()
+    }
+
+    #[inline(always)]
+    fn request(uri: &Uri) -> Request<Full<Bytes>> {
+        request(uri)
+    }
+}
+
+/// A GET as one service sends another in a traced deployment: a query, the headers a client
+/// sets (accept, accept-encoding, user-agent) and the tracing headers a service forwards
+/// (x-request-id, W3C traceparent). Each header is built from a string, as callers do.
+pub(crate) struct Typical;
+
+impl Shape for Typical {
+    /// `base` with a path and query a listing call carries.
+    fn uri(base: &Uri) -> Uri {
+        let base = base.to_string();
+        format!(
+            "{}/invoices?status=open&page=2&per_page=50",
+            base.trim_end_matches('/')
+        )
+        .parse()
+        .unwrap()
+    }
+
+    #[inline(always)]
+    fn request(uri: &Uri) -> Request<Full<Bytes>> {
+        Request::builder()
+            .uri(uri.clone())
+            .header("accept", "application/json")
+            .header("accept-encoding", "gzip, br")
+            .header("user-agent", "billing-worker/1.4.2")
+            .header("x-request-id", "0b6f2f8e-7c1a-4d3e-9a55-2f0c8d1e4b7a")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(Full::default())
+            .unwrap()
+    }
+}
+
 /// Sends `count` requests through `service` one at a time, polling each response once: a cached
 /// token and a no-op inner service never wait, so no executor is involved.
 pub(crate) fn send_many<S>(service: &mut S, uri: &Uri, count: u64)
@@ -56,10 +112,19 @@ where
     S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
     S::Error: std::fmt::Debug,
 {
+    send_many_of::<Minimal, S>(service, uri, count);
+}
+
+/// [`send_many`] with requests of shape `R`.
+pub(crate) fn send_many_of<R: Shape, S>(service: &mut S, uri: &Uri, count: u64)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
+    S::Error: std::fmt::Debug,
+{
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     for _ in 0..count {
         assert!(service.poll_ready(&mut cx).is_ready());
-        let mut future = std::pin::pin!(service.call(request(uri)));
+        let mut future = std::pin::pin!(service.call(R::request(uri)));
         match future.as_mut().poll(&mut cx) {
             std::task::Poll::Ready(response) => {
                 std::hint::black_box(response.unwrap());
