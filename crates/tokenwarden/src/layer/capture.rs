@@ -22,9 +22,10 @@ struct Parts {
     method: Method,
     version: Version,
     /// The URI's parts, then every header name and value, in `inline[..used]` when they fit
-    /// (most requests), in `spill[..used]` when they do not (`spilled`). Inline, the copy
-    /// touches no memory but the box's own, and writes through a slice with its position in a
-    /// register instead of growing a `Vec` field by field.
+    /// (most requests), in `spill[..used]` when they do not (`spilled`); once a box has a
+    /// `spill` buffer, it writes there first. Inline, the copy touches no memory but the box's
+    /// own; either way it writes through a slice with its position in a register instead of
+    /// growing a `Vec` field by field.
     inline: [u8; INLINE],
     spill: Vec<u8>,
     spilled: bool,
@@ -60,8 +61,16 @@ impl Captured {
     #[inline]
     pub(crate) fn new<B>(request: &Request<B>) -> Self {
         let mut parts = stash::take();
-        (parts.used, parts.spilled) = match write(request, &mut parts.inline) {
-            Some(used) => (used, false),
+        // A box that once held a request too large for its own buffer keeps the larger buffer
+        // and writes there first: a thread whose requests carry more headers than fit inline
+        // (tracing headers, a user agent, cookies) then copies each one once, not twice.
+        let spilled = !parts.spill.is_empty();
+        let out = match spilled {
+            true => &mut parts.spill[..],
+            false => &mut parts.inline[..],
+        };
+        (parts.used, parts.spilled) = match write(request, out) {
+            Some(used) => (used, spilled),
             None => (grow_and_write(request, &mut parts.spill), true),
         };
         parts.method = request.method().clone();
@@ -170,6 +179,8 @@ fn write<B>(request: &Request<B>, out: &mut [u8]) -> Option<usize> {
 #[cold]
 #[inline(never)]
 fn grow_and_write<B>(request: &Request<B>, bytes: &mut Vec<u8>) -> usize {
+    #[cfg(test)]
+    tests::GROWN.with(|grown| grown.set(grown.get() + 1));
     let uri = request.uri();
     let other_scheme = match uri.scheme_str() {
         None | Some("https" | "http") => 0,
@@ -182,7 +193,9 @@ fn grow_and_write<B>(request: &Request<B>, bytes: &mut Vec<u8>) -> usize {
         .iter()
         .map(|(name, value)| 7 + name.as_str().len() + value.len())
         .sum();
-    bytes.resize(9 + other_scheme + uri_len + headers, 0);
+    // Rounded up, so that the next requests of about this size fit too (see `Captured::new`).
+    let needed = 9 + other_scheme + uri_len + headers;
+    bytes.resize(needed.next_power_of_two().max(2 * INLINE), 0);
     // It fits now; were it not to, the capture would read back as nothing to replay.
     write(request, &mut bytes[..]).unwrap_or(0)
 }
@@ -472,11 +485,17 @@ mod tests {
         assert!(largest <= stash::LARGEST_KEPT, "{largest}");
     }
 
+    thread_local! {
+        /// How often this thread's captures had to grow a buffer and write a request again.
+        pub(super) static GROWN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
     #[test]
     fn one_box_serves_requests_that_fit_in_it_and_requests_that_spill() {
         // Larger than the box's own buffer, small enough for the box to be stashed again.
         let spilling = "s".repeat(2 * INLINE);
-        for round in 0..4 {
+        let grown_before = GROWN.get();
+        for round in 0..6 {
             let value = if round % 2 == 0 {
                 "small"
             } else {
@@ -487,10 +506,16 @@ mod tests {
                 .body(Full::<Bytes>::default())
                 .unwrap();
             let captured = Captured::new(&request);
+            // Once a box has needed its larger buffer, it writes every request there, once.
             assert_eq!(
                 captured.0.as_ref().map(|p| p.spilled),
-                Some(round % 2 == 1),
+                Some(round >= 1),
                 "round {round}"
+            );
+            assert_eq!(
+                GROWN.get() - grown_before,
+                usize::from(round >= 1),
+                "round {round}: grown once, at round 1"
             );
             let replay: Request<Full<Bytes>> = captured
                 .into_request(HeaderValue::from_static("Bearer t"))
