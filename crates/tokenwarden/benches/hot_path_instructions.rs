@@ -6,7 +6,8 @@
 //! B=$(ls -t target/release/deps/hot_path_instructions-* | grep -v '\.d$' | head -1)
 //! for v in static tokenwarden tokenwarden_no_replay tokenwarden_redis_tier \
 //!     static_clone_per_request tokenwarden_clone_per_request static_client_inner \
-//!     tokenwarden_client_inner; do for n in 0 100000; do
+//!     tokenwarden_client_inner static_typical tokenwarden_typical \
+//!     tokenwarden_no_replay_typical; do for n in 0 100000; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null $B $v $n 2>&1 | grep refs
 //! done; done
 //! ```
@@ -21,7 +22,9 @@ use tokenwarden_testkit::RedisServer;
 use tower::{Service, ServiceBuilder};
 
 use bytes::Bytes;
-use common::{Fixture, noop, noop_with_client, send_many, send_many_cloned};
+use common::{
+    Fixture, Shape, Typical, noop, noop_with_client, send_many, send_many_cloned, send_many_of,
+};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 
@@ -58,6 +61,9 @@ fn main() {
             "tokenwarden_clone_per_request",
             "static_client_inner",
             "tokenwarden_client_inner",
+            "static_typical",
+            "tokenwarden_typical",
+            "tokenwarden_no_replay_typical",
         ],
     };
     let count: u64 = args.get(1).map_or(1_000, |n| n.parse().unwrap());
@@ -107,6 +113,24 @@ fn main() {
                     .layer(layer(true))
                     .service(noop_with_client()),
                 uri,
+                count,
+            ),
+            // The request a traced service sends (see `common::Typical`).
+            "static_typical" => send_many_of::<Typical, _>(
+                &mut ServiceBuilder::new()
+                    .layer(fixture.static_layer(&rt))
+                    .service(noop()),
+                &Typical::uri(uri),
+                count,
+            ),
+            "tokenwarden_typical" => send_many_of::<Typical, _>(
+                &mut ServiceBuilder::new().layer(layer(true)).service(noop()),
+                &Typical::uri(uri),
+                count,
+            ),
+            "tokenwarden_no_replay_typical" => send_many_of::<Typical, _>(
+                &mut ServiceBuilder::new().layer(layer(false)).service(noop()),
+                &Typical::uri(uri),
                 count,
             ),
             "tokenwarden_redis_tier" => {
