@@ -1,4 +1,5 @@
-//! `/api/*`: the protected API that accepts only live tokens from this server.
+//! `/api/*`: the protected API that accepts only live tokens from this server, unless its
+//! [`ApiMode`] says otherwise.
 
 use http::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
@@ -8,6 +9,38 @@ use serde_json::json;
 use crate::body::{self, ReadBodyError, ResponseBody};
 use crate::server::Disconnect;
 use crate::state::State;
+
+/// How the protected API (`/api/*`) judges requests, set with
+/// [`TestServer::set_api_mode`](crate::TestServer::set_api_mode) or
+/// [`TestServerBuilder::api_mode`](crate::TestServerBuilder::api_mode).
+///
+/// Every 401 the API answers, whatever the mode, counts in
+/// [`TestServer::api_rejections`](crate::TestServer::api_rejections).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ApiMode {
+    /// Accept live tokens from this server; answer 401 `Bearer error="invalid_token"` to unknown,
+    /// expired or revoked tokens, and a bare `Bearer` challenge when there is no
+    /// `Authorization` header.
+    #[default]
+    Normal,
+    /// Answer every request 401 with `WWW-Authenticate: Bearer error="invalid_token"`, whatever
+    /// the token (or its absence): an API that rejects every token, e.g. one configured for
+    /// another audience. A client must not loop renewing tokens against it.
+    RejectAll,
+    /// Answer a request with a live token 401 with
+    /// `WWW-Authenticate: Bearer error="insufficient_scope", scope="admin"`, as some APIs do
+    /// instead of RFC 6750's 403; other requests are judged as in [`Normal`](Self::Normal).
+    /// A new token would not help, so a client should not renew on this challenge.
+    InsufficientScope,
+}
+
+/// The challenge for a request without any `Authorization` header (RFC 6750 §3.1: no error code).
+const CHALLENGE_MISSING: &str = "Bearer";
+/// The challenge for a token that is not (or no longer) accepted.
+const CHALLENGE_INVALID_TOKEN: &str = "Bearer error=\"invalid_token\"";
+/// The challenge for a live token that lacks a scope the resource needs.
+const CHALLENGE_INSUFFICIENT_SCOPE: &str = "Bearer error=\"insufficient_scope\", scope=\"admin\"";
 
 /// Answers one request to the protected API.
 pub(crate) async fn handle(
@@ -23,18 +56,31 @@ pub(crate) async fn handle(
         Err(ReadBodyError::TooLarge) => return Ok(body::plain(StatusCode::PAYLOAD_TOO_LARGE)),
         Err(ReadBodyError::Transport) => return Err(Disconnect),
     };
+    // Read after the body, so a mode switched while a request was uploading applies to it.
+    let mode = state.api_mode();
+    if mode == ApiMode::RejectAll {
+        state.count_api_rejection();
+        return Ok(unauthorized("invalid_token", CHALLENGE_INVALID_TOKEN));
+    }
     let client = match bearer_token(&parts.headers) {
         Credentials::Missing => {
             state.count_api_rejection();
-            return Ok(unauthorized("Bearer"));
+            return Ok(unauthorized("invalid_token", CHALLENGE_MISSING));
         }
         Credentials::Invalid => None,
         Credentials::Bearer(token) => state.validate_token(token),
     };
     let Some(client) = client else {
         state.count_api_rejection();
-        return Ok(unauthorized("Bearer error=\"invalid_token\""));
+        return Ok(unauthorized("invalid_token", CHALLENGE_INVALID_TOKEN));
     };
+    if mode == ApiMode::InsufficientScope {
+        state.count_api_rejection();
+        return Ok(unauthorized(
+            "insufficient_scope",
+            CHALLENGE_INSUFFICIENT_SCOPE,
+        ));
+    }
     Ok(body::json(
         StatusCode::OK,
         &json!({
@@ -77,11 +123,9 @@ fn bearer_token(headers: &HeaderMap) -> Credentials<'_> {
     }
 }
 
-fn unauthorized(challenge: &'static str) -> Response<ResponseBody> {
-    let mut response = body::json(
-        StatusCode::UNAUTHORIZED,
-        &json!({ "error": "invalid_token" }),
-    );
+/// A 401 with a JSON `{"error": error}` body and this `WWW-Authenticate` challenge.
+fn unauthorized(error: &str, challenge: &'static str) -> Response<ResponseBody> {
+    let mut response = body::json(StatusCode::UNAUTHORIZED, &json!({ "error": error }));
     response
         .headers_mut()
         .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));

@@ -14,6 +14,15 @@ pub enum Failure {
     /// Answer with this status and a small HTML body, the way a proxy or a crashed gateway does
     /// (not an OAuth JSON error).
     Status(StatusCode),
+    /// Answer with this status, the small HTML body of [`Status`](Self::Status) and a
+    /// `Retry-After: <seconds>` header, the way a rate limiter (429) or a server in maintenance
+    /// (503) asks the client to come back later.
+    RetryAfter {
+        /// The HTTP status, usually 429 or 503.
+        status: StatusCode,
+        /// The `Retry-After` value, in seconds.
+        seconds: u64,
+    },
     /// Answer with an RFC 6749 §5.2 error: `{"error": .., "error_description": ..}` with this status.
     OAuthError {
         /// The HTTP status, usually 400 or 401.

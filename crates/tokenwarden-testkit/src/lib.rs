@@ -6,11 +6,13 @@ mod api;
 mod body;
 mod failure;
 mod record;
+mod redirect;
 mod redis_server;
 mod server;
 mod state;
 mod token_endpoint;
 
+pub use api::ApiMode;
 pub use failure::Failure;
 pub use record::{AuthMethod, TokenRequestRecord};
 pub use redis_server::RedisServer;

@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -16,7 +17,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::body::{self, ResponseBody};
 use crate::state::{State, lock};
-use crate::{Failure, TokenRequestRecord, api, token_endpoint};
+use crate::{ApiMode, Failure, TokenRequestRecord, api, redirect, token_endpoint};
 
 /// The default lifetime of issued tokens: one hour.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
@@ -25,13 +26,32 @@ const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// HTTP/1.1 on `127.0.0.1` from a task of the current tokio runtime.
 ///
 /// - `POST /token` ([`token_endpoint`](Self::token_endpoint)) issues opaque bearer tokens with
-///   the `client_credentials` grant to the clients registered with
+///   the `client_credentials` grant, and with any grant type registered with
+///   [`TestServerBuilder::extension_grant`], to the clients registered with
 ///   [`TestServerBuilder::client`], authenticated by `client_secret_basic` or
 ///   `client_secret_post`.
 /// - Any path under `/api/` ([`api_url`](Self::api_url)) answers 200 with JSON describing the
 ///   request (`client`, `method`, `path`, `body`) when it carries `Authorization: Bearer` with
 ///   a token from this server that is neither expired nor revoked, and 401 with
-///   `WWW-Authenticate: Bearer error="invalid_token"` otherwise.
+///   `WWW-Authenticate: Bearer error="invalid_token"` otherwise. [`set_api_mode`](Self::set_api_mode)
+///   makes it reject every token, or answer valid ones with `insufficient_scope`.
+/// - `GET` or `POST /redirect?to=URL` ([`redirect_url`](Self::redirect_url)) answers
+///   `307 Temporary Redirect` to `URL`, without asking for any authentication.
+///
+/// # Token expiry
+///
+/// Tokens expire the way a real authorization server's JWTs do: `exp` is the wall-clock issue
+/// time truncated to whole seconds plus `expires_in`, and the API rejects a token once the
+/// current whole second reaches `exp`. A token therefore dies up to one second *before*
+/// `issue time + expires_in`; this is deliberate, so that tests catch clients that renew
+/// without a safety margin.
+///
+/// # Leak detection
+///
+/// [`requests_with_authorization`](Self::requests_with_authorization) counts the requests outside
+/// the token endpoint that carried an `Authorization` header. Pointing a redirect at a second
+/// `TestServer` and checking that its count stays 0 proves that no token followed the redirect
+/// to another origin.
 ///
 /// The handle is cheap to clone. The server stops when the last handle is dropped or when
 /// [`shutdown`](Self::shutdown) is called on any of them; counters stay readable afterwards.
@@ -62,6 +82,10 @@ impl fmt::Debug for TestServer {
             .field("tokens_issued", &self.tokens_issued())
             .field("api_requests", &self.api_requests())
             .field("api_rejections", &self.api_rejections())
+            .field(
+                "requests_with_authorization",
+                &self.requests_with_authorization(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -91,6 +115,17 @@ impl TestServer {
     /// starts with `/` (e.g. `api_url("/orders")`).
     pub fn api_url(&self, path: &str) -> String {
         format!("{}/api{path}", self.inner.base_url)
+    }
+
+    /// A URL on this server that redirects to `to`: [`base_url`](Self::base_url) +
+    /// `/redirect?to=` + `to` percent-encoded. `GET` and `POST` requests to it are answered
+    /// `307 Temporary Redirect` with `Location: <to>`, without any authentication, so a test
+    /// can send a client (and whatever credentials it attaches) anywhere, e.g.
+    /// `server.redirect_url(&other_server.api_url("/x"))`. `to` is sent back as it is, so it
+    /// may also be relative; an empty `to` makes the server answer 400.
+    pub fn redirect_url(&self, to: &str) -> String {
+        let to: String = form_urlencoded::byte_serialize(to.as_bytes()).collect();
+        format!("{}/redirect?to={to}", self.inner.base_url)
     }
 
     /// How many token requests named this client id (in Basic credentials or the `client_id`
@@ -136,11 +171,15 @@ impl TestServer {
         self.inner.state.push_failure(failure);
     }
 
-    /// Sets the lifetime of tokens issued from now on (`expires_in` is its whole seconds).
+    /// Sets the lifetime of tokens issued from now on: `expires_in` is its whole seconds (capped
+    /// at about a century), and the token's `exp` is the issue time truncated to whole seconds
+    /// plus `expires_in`. The API accepts the token only while the current whole second is
+    /// before `exp`, so a token dies up to one second before `issue time + expires_in`, as with
+    /// real servers: clients must renew with a margin (see [Token expiry](Self#token-expiry)).
     /// [`Duration::ZERO`] issues tokens the API already rejects as expired.
     ///
-    /// The API checks expiry against the real clock ([`std::time::Instant`]), not tokio's, so
-    /// pausing or advancing tokio time does not expire tokens.
+    /// Expiry is judged by the wall clock ([`std::time::SystemTime`]), not tokio's, so pausing
+    /// or advancing tokio time does not expire tokens.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.inner.state.set_token_lifetime(lifetime);
     }
@@ -156,9 +195,24 @@ impl TestServer {
         self.inner.state.api_requests()
     }
 
-    /// How many API requests were answered 401 (missing, unknown, expired or revoked token).
+    /// How many API requests were answered 401: a missing, unknown, expired or revoked token,
+    /// or any request the [`ApiMode`] rejects.
     pub fn api_rejections(&self) -> usize {
         self.inner.state.api_rejections()
+    }
+
+    /// Changes how the protected API judges requests from now on (see [`ApiMode`]). Switching
+    /// back to [`ApiMode::Normal`] makes it accept live tokens again, like an API that
+    /// recovers: the mode never expires or revokes a token, it only changes the answer.
+    pub fn set_api_mode(&self, mode: ApiMode) {
+        self.inner.state.set_api_mode(mode);
+    }
+
+    /// How many requests that carried an `Authorization` header arrived on any path but the
+    /// token endpoint: the API, [`redirect_url`](Self::redirect_url)s and unknown paths alike.
+    /// A test checks with it that no credential reached a server it must not reach.
+    pub fn requests_with_authorization(&self) -> usize {
+        self.inner.state.requests_with_authorization()
     }
 
     /// Stops the server, for every handle: it stops accepting, drops open connections (a
@@ -178,16 +232,21 @@ impl TestServer {
 #[must_use]
 pub struct TestServerBuilder {
     clients: Vec<(String, String)>,
+    /// Extension grant types and the form field each requires.
+    extension_grants: Vec<(String, String)>,
     token_lifetime: Duration,
     delay: Duration,
+    api_mode: ApiMode,
 }
 
 impl Default for TestServerBuilder {
     fn default() -> Self {
         Self {
             clients: Vec::new(),
+            extension_grants: Vec::new(),
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
             delay: Duration::ZERO,
+            api_mode: ApiMode::Normal,
         }
     }
 }
@@ -197,8 +256,10 @@ impl fmt::Debug for TestServerBuilder {
         let ids: Vec<&str> = self.clients.iter().map(|(id, _)| id.as_str()).collect();
         f.debug_struct("TestServerBuilder")
             .field("clients", &ids)
+            .field("extension_grants", &self.extension_grants)
             .field("token_lifetime", &self.token_lifetime)
             .field("delay", &self.delay)
+            .field("api_mode", &self.api_mode)
             .finish()
     }
 }
@@ -209,6 +270,32 @@ impl TestServerBuilder {
     pub fn client(mut self, id: &str, secret: &str) -> Self {
         self.clients.retain(|(known, _)| known != id);
         self.clients.push((id.to_owned(), secret.to_owned()));
+        self
+    }
+
+    /// Makes the token endpoint also accept `grant_type=<grant_type>` (e.g.
+    /// `urn:ietf:params:oauth:grant-type:jwt-bearer` with `assertion`) from any registered,
+    /// authenticated client, if the form has a non-empty `required_param` field; without it the
+    /// answer is 400 `invalid_request` naming the missing parameter. The token is issued exactly
+    /// as for `client_credentials`: same lifetime and expiry, `token_type` `Bearer`,
+    /// `expires_in`, and `scope` echoed if sent. The request is recorded and counted like any
+    /// other token request.
+    ///
+    /// Repeatable; registering a grant type again replaces its required parameter. Built-in
+    /// grant types (`client_credentials`) keep their own behaviour, and grant types never
+    /// registered keep answering `unsupported_grant_type`.
+    pub fn extension_grant(mut self, grant_type: &str, required_param: &str) -> Self {
+        self.extension_grants
+            .retain(|(known, _)| known != grant_type);
+        self.extension_grants
+            .push((grant_type.to_owned(), required_param.to_owned()));
+        self
+    }
+
+    /// How the protected API judges requests from the start (default [`ApiMode::Normal`]); see
+    /// [`TestServer::set_api_mode`].
+    pub fn api_mode(mut self, mode: ApiMode) -> Self {
+        self.api_mode = mode;
         self
     }
 
@@ -233,7 +320,13 @@ impl TestServerBuilder {
     pub async fn start(self) -> std::io::Result<TestServer> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(State::new(self.clients, self.token_lifetime, self.delay));
+        let state = Arc::new(State::new(
+            self.clients,
+            self.extension_grants,
+            self.token_lifetime,
+            self.delay,
+            self.api_mode,
+        ));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&state), stopped));
         tracing::debug!(%addr, "test server started");
@@ -324,9 +417,16 @@ async fn route(
 ) -> Result<Response<ResponseBody>, Disconnect> {
     let path = request.uri().path();
     if path == "/token" {
-        token_endpoint::handle(state, request).await
-    } else if path == "/api" || path.starts_with("/api/") {
+        // Clients authenticate here with `Authorization: Basic`; that is no leak.
+        return token_endpoint::handle(state, request).await;
+    }
+    if request.headers().contains_key(AUTHORIZATION) {
+        state.count_request_with_authorization();
+    }
+    if path == "/api" || path.starts_with("/api/") {
         api::handle(state, request).await
+    } else if path == "/redirect" {
+        redirect::handle(request).await
     } else {
         Ok(body::plain(StatusCode::NOT_FOUND))
     }

@@ -4,11 +4,37 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
-use crate::{Failure, TokenRequestRecord};
+use crate::{ApiMode, Failure, TokenRequestRecord};
+
+/// The longest lifetime a token gets, in seconds (about a century): longer lifetimes (e.g.
+/// `Duration::MAX`) are capped so that `exp` and `expires_in` cannot overflow.
+pub(crate) const MAX_TOKEN_LIFETIME_SECS: u64 = 100 * 365 * 24 * 3600;
+
+/// The wall clock as time since the Unix epoch (zero before it, which no test machine is).
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
+/// The `exp` (Unix seconds) of a token issued at `issued_at` (time since the epoch) that lives
+/// `lifetime_secs`: like a real authorization server's JWT, the issue time is truncated to whole
+/// seconds, so the token dies up to one second before `issued_at + lifetime_secs`.
+fn expiry(issued_at: Duration, lifetime_secs: u64) -> u64 {
+    issued_at
+        .as_secs()
+        .saturating_add(lifetime_secs.min(MAX_TOKEN_LIFETIME_SECS))
+}
+
+/// Whether a token with this `exp` is still accepted at `now` (time since the epoch): like a
+/// real API, only while the current whole second is before `exp`.
+fn is_live(exp: u64, now: Duration) -> bool {
+    now.as_secs() < exp
+}
 
 /// Locks a mutex, recovering from poisoning: every critical section here leaves the data
 /// consistent, so a panic elsewhere must not take the server down with it.
@@ -41,7 +67,8 @@ impl Activity {
 #[derive(Debug)]
 pub(crate) struct IssuedToken {
     pub(crate) client_id: String,
-    expires_at: Instant,
+    /// Unix seconds, as a JWT's `exp` claim.
+    exp: u64,
 }
 
 /// Everything the server knows and counts.
@@ -55,6 +82,11 @@ pub(crate) struct State {
     tokens_issued: AtomicUsize,
     api_requests: AtomicUsize,
     api_rejections: AtomicUsize,
+    /// Requests outside the token endpoint that carried an `Authorization` header.
+    requests_with_authorization: AtomicUsize,
+    api_mode: Mutex<ApiMode>,
+    /// Extension grant types and the form field each requires; fixed at start.
+    extension_grants: HashMap<String, String>,
     /// Wakes `wait_for_token_requests` callers after each counted token request.
     token_request_seen: Notify,
     token_lifetime_nanos: AtomicU64,
@@ -73,8 +105,10 @@ fn nanos(duration: Duration) -> u64 {
 impl State {
     pub(crate) fn new(
         clients: impl IntoIterator<Item = (String, String)>,
+        extension_grants: impl IntoIterator<Item = (String, String)>,
         token_lifetime: Duration,
         delay: Duration,
+        api_mode: ApiMode,
     ) -> Self {
         Self {
             clients: clients
@@ -92,6 +126,9 @@ impl State {
             tokens_issued: AtomicUsize::new(0),
             api_requests: AtomicUsize::new(0),
             api_rejections: AtomicUsize::new(0),
+            requests_with_authorization: AtomicUsize::new(0),
+            api_mode: Mutex::new(api_mode),
+            extension_grants: extension_grants.into_iter().collect(),
             token_request_seen: Notify::new(),
             token_lifetime_nanos: AtomicU64::new(nanos(token_lifetime)),
             delay_nanos: AtomicU64::new(nanos(delay)),
@@ -185,6 +222,19 @@ impl State {
         Duration::from_nanos(self.token_lifetime_nanos.load(Ordering::SeqCst))
     }
 
+    pub(crate) fn set_api_mode(&self, mode: ApiMode) {
+        *lock(&self.api_mode) = mode;
+    }
+
+    pub(crate) fn api_mode(&self) -> ApiMode {
+        *lock(&self.api_mode)
+    }
+
+    /// The form field an extension grant type requires, if that grant type is registered.
+    pub(crate) fn extension_grant(&self, grant_type: &str) -> Option<&str> {
+        self.extension_grants.get(grant_type).map(String::as_str)
+    }
+
     pub(crate) fn push_failure(&self, failure: Failure) {
         lock(&self.failures).push_back(failure);
     }
@@ -195,11 +245,9 @@ impl State {
 
     // --- tokens ---
 
-    /// Issues a new token for `client_id`, valid for `lifetime` from now.
-    pub(crate) fn issue_token(&self, client_id: &str, lifetime: Duration) -> String {
-        // Capped so absurd lifetimes (e.g. `Duration::MAX`) cannot overflow `Instant`.
-        const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-        let expires_at = Instant::now() + lifetime.min(CENTURY);
+    /// Issues a new token for `client_id` that lives `lifetime_secs` (see [`expiry`]).
+    pub(crate) fn issue_token(&self, client_id: &str, lifetime_secs: u64) -> String {
+        let exp = expiry(unix_now(), lifetime_secs);
         let mut tokens = lock(&self.tokens);
         let token = loop {
             let candidate = self.random_token();
@@ -211,7 +259,7 @@ impl State {
             token.clone(),
             IssuedToken {
                 client_id: client_id.to_owned(),
-                expires_at,
+                exp,
             },
         );
         drop(tokens);
@@ -231,7 +279,7 @@ impl State {
     pub(crate) fn validate_token(&self, token: &str) -> Option<String> {
         let tokens = lock(&self.tokens);
         let issued = tokens.get(token)?;
-        (Instant::now() < issued.expires_at).then(|| issued.client_id.clone())
+        is_live(issued.exp, unix_now()).then(|| issued.client_id.clone())
     }
 
     pub(crate) fn revoke_all(&self) {
@@ -252,11 +300,63 @@ impl State {
         self.api_rejections.fetch_add(1, Ordering::SeqCst);
     }
 
+    pub(crate) fn count_request_with_authorization(&self) {
+        self.requests_with_authorization
+            .fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn requests_with_authorization(&self) -> usize {
+        self.requests_with_authorization.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn api_requests(&self) -> usize {
         self.api_requests.load(Ordering::SeqCst)
     }
 
     pub(crate) fn api_rejections(&self) -> usize {
         self.api_rejections.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `secs` whole seconds and `millis` milliseconds after the epoch.
+    fn at(secs: u64, millis: u64) -> Duration {
+        Duration::from_secs(secs) + Duration::from_millis(millis)
+    }
+
+    #[test]
+    fn a_token_issued_late_in_a_second_dies_at_the_next_whole_second() {
+        // Issued at 1000.9 for 1 s: exp is 1001, so the token dies 0.1 s after issue, not 1 s.
+        let exp = expiry(at(1000, 900), 1);
+        assert_eq!(exp, 1001);
+        assert!(is_live(exp, at(1000, 900)));
+        assert!(is_live(exp, at(1000, 999)));
+        assert!(!is_live(exp, at(1001, 0)));
+        assert!(!is_live(exp, at(1001, 500)));
+    }
+
+    #[test]
+    fn a_token_issued_on_a_whole_second_lives_its_full_lifetime() {
+        let exp = expiry(at(1000, 0), 60);
+        assert_eq!(exp, 1060);
+        assert!(is_live(exp, at(1059, 999)));
+        assert!(!is_live(exp, at(1060, 0)));
+    }
+
+    #[test]
+    fn a_zero_lifetime_token_is_never_live() {
+        let issued_at = at(1000, 0);
+        assert!(!is_live(expiry(issued_at, 0), issued_at));
+        assert!(!is_live(expiry(at(1000, 999), 0), at(1000, 999)));
+    }
+
+    #[test]
+    fn absurd_lifetimes_are_capped_instead_of_overflowing() {
+        let exp = expiry(at(1000, 0), u64::MAX);
+        assert_eq!(exp, 1000 + MAX_TOKEN_LIFETIME_SECS);
+        assert_eq!(expiry(Duration::MAX, u64::MAX), u64::MAX);
     }
 }

@@ -3,14 +3,16 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{
+    ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::body::{self, LargeBody, ReadBodyError, ResponseBody};
 use crate::server::Disconnect;
-use crate::state::State;
+use crate::state::{MAX_TOKEN_LIFETIME_SECS, State};
 use crate::{AuthMethod, Failure, TokenRequestRecord};
 
 /// Form fields that RFC 6749 §3.2 allows at most once per request.
@@ -62,6 +64,13 @@ pub(crate) async fn handle(
 async fn inject(failure: Failure) -> Result<Response<ResponseBody>, Disconnect> {
     Ok(match failure {
         Failure::Status(status) => body::html_status(status),
+        Failure::RetryAfter { status, seconds } => {
+            let mut response = body::html_status(status);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+            response
+        }
         Failure::OAuthError {
             status,
             error,
@@ -93,18 +102,26 @@ async fn inject(failure: Failure) -> Result<Response<ResponseBody>, Disconnect> 
     })
 }
 
-/// The grants this server supports. A new grant (refresh_token, token exchange) is a new
-/// variant here plus an arm in [`answer`].
+/// The grants this server supports. A new built-in grant (refresh_token, token exchange) is a
+/// new variant here plus an arm in [`answer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Grant {
+enum Grant<'s> {
     ClientCredentials,
+    /// A grant type registered with `TestServerBuilder::extension_grant`, which issues a token
+    /// like client credentials once its required form field is present.
+    Extension {
+        required_param: &'s str,
+    },
 }
 
-impl Grant {
-    fn parse(grant_type: &str) -> Option<Self> {
+impl<'s> Grant<'s> {
+    /// Built-in grant types come first, so an extension cannot change how they behave.
+    fn parse(state: &'s State, grant_type: &str) -> Option<Self> {
         match grant_type {
             "client_credentials" => Some(Self::ClientCredentials),
-            _ => None,
+            other => state
+                .extension_grant(other)
+                .map(|required_param| Self::Extension { required_param }),
         }
     }
 }
@@ -128,27 +145,43 @@ fn answer(state: &State, request: &TokenRequest) -> Result<Response<ResponseBody
     let grant_type = request
         .field("grant_type")
         .ok_or_else(|| OAuthError::invalid_request("grant_type is missing"))?;
-    let grant = Grant::parse(grant_type).ok_or_else(|| OAuthError {
+    let grant = Grant::parse(state, grant_type).ok_or_else(|| OAuthError {
         status: StatusCode::BAD_REQUEST,
         error: "unsupported_grant_type".into(),
         description: Some(format!("grant type {grant_type} is not supported")),
         challenge_basic: false,
     })?;
     match grant {
-        Grant::ClientCredentials => {
-            let lifetime = state.token_lifetime();
-            let token = state.issue_token(client_id, lifetime);
-            let mut response = json!({
-                "access_token": token,
-                "token_type": "Bearer",
-                "expires_in": lifetime.as_secs(),
-            });
-            if let Some(scope) = request.field("scope") {
-                response["scope"] = scope.into();
+        Grant::ClientCredentials => Ok(issue(state, client_id, request)),
+        Grant::Extension { required_param } => {
+            if request.field(required_param).is_none_or(str::is_empty) {
+                return Err(OAuthError::invalid_request(format!(
+                    "parameter {required_param} is missing"
+                )));
             }
-            Ok(body::token_json(StatusCode::OK, &response))
+            Ok(issue(state, client_id, request))
         }
     }
+}
+
+/// Issues a bearer token to an authenticated client (RFC 6749 §5.1), echoing the requested
+/// scope as granted in full.
+fn issue(state: &State, client_id: &str, request: &TokenRequest) -> Response<ResponseBody> {
+    // Whole seconds, as `expires_in` is, and capped like the token's `exp` so both agree.
+    let expires_in = state
+        .token_lifetime()
+        .as_secs()
+        .min(MAX_TOKEN_LIFETIME_SECS);
+    let token = state.issue_token(client_id, expires_in);
+    let mut response = json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+    });
+    if let Some(scope) = request.field("scope") {
+        response["scope"] = scope.into();
+    }
+    body::token_json(StatusCode::OK, &response)
 }
 
 /// Checks the client's credentials (RFC 6749 §2.3.1) and returns its id.

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER,
+    WWW_AUTHENTICATE,
+};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -13,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use tokenwarden_testkit::{AuthMethod, Failure, TestServer};
+use tokenwarden_testkit::{ApiMode, AuthMethod, Failure, TestServer};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -365,6 +368,12 @@ async fn zero_lifetime_issues_already_expired_tokens() {
         .await
         .unwrap();
     assert_eq!(reply.json()["expires_in"], 60);
+    h.server.set_token_lifetime(Duration::from_millis(60_900));
+    let reply = h
+        .send(h.post_request("alpha", "alpha-secret", ""))
+        .await
+        .unwrap();
+    assert_eq!(reply.json()["expires_in"], 60, "whole seconds only");
     let live = reply.json()["access_token"].as_str().unwrap().to_owned();
     assert_eq!(
         h.call_api(Method::GET, "/x", Some(&live), "").await.status,
@@ -554,6 +563,10 @@ async fn urls_and_debug_are_as_documented() {
     assert_eq!(base, format!("http://{}", h.server.local_addr()));
     assert_eq!(h.server.token_endpoint(), format!("{base}/token"));
     assert_eq!(h.server.api_url("/v1/x"), format!("{base}/api/v1/x"));
+    assert_eq!(
+        h.server.redirect_url("http://127.0.0.1:1/a?b=c d&e=%"),
+        format!("{base}/redirect?to=http%3A%2F%2F127.0.0.1%3A1%2Fa%3Fb%3Dc+d%26e%3D%25")
+    );
     let debug = format!("{:?}", h.server);
     assert!(debug.contains(&base));
     let builder = format!(
@@ -600,4 +613,369 @@ async fn a_paused_clock_does_not_close_idle_connections() {
         let reply = h.call_api(Method::GET, "/x", Some(&token), "").await;
         assert_eq!(reply.status, StatusCode::OK);
     }
+}
+
+#[tokio::test]
+async fn absurd_lifetimes_are_capped_and_still_accepted() {
+    let server = TestServer::builder()
+        .client("alpha", "alpha-secret")
+        .token_lifetime(Duration::MAX)
+        .start()
+        .await
+        .unwrap();
+    let h = Harness::with(server);
+    let reply = h
+        .send(h.post_request("alpha", "alpha-secret", ""))
+        .await
+        .unwrap();
+    let expires_in = reply.json()["expires_in"].as_u64().unwrap();
+    assert!(
+        (3_000_000_000..4_000_000_000).contains(&expires_in),
+        "about a century: {expires_in}"
+    );
+    let token = reply.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        h.call_api(Method::GET, "/x", Some(&token), "").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn fail_next_retry_after_answers_html_with_a_retry_after_header() {
+    let h = Harness::start().await;
+    h.server.fail_next(Failure::RetryAfter {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        seconds: 7,
+    });
+    let reply = h
+        .send(h.post_request("alpha", "alpha-secret", ""))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.headers[RETRY_AFTER], "7");
+    assert!(
+        reply.headers[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(std::str::from_utf8(&reply.body).unwrap().contains("429"));
+    assert_eq!(h.server.tokens_issued(), 0);
+    // Consumed: the next request gets a token, without the header.
+    let reply = h
+        .send(h.post_request("alpha", "alpha-secret", ""))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.headers.get(RETRY_AFTER).is_none());
+}
+
+#[tokio::test]
+async fn an_api_that_rejects_every_token_then_recovers() {
+    let h = Harness::start().await;
+    let token = h.token().await;
+    h.server.set_api_mode(ApiMode::RejectAll);
+    assert_invalid_token(&h.call_api(Method::GET, "/x", Some(&token), "").await);
+    // Even a brand-new token, and even no token at all.
+    let fresh = h.token().await;
+    assert_invalid_token(&h.call_api(Method::POST, "/x", Some(&fresh), "b").await);
+    assert_invalid_token(&h.call_api(Method::GET, "/x", None, "").await);
+    assert_eq!(h.server.api_rejections(), 3);
+
+    h.server.set_api_mode(ApiMode::Normal);
+    for token in [&token, &fresh] {
+        let reply = h.call_api(Method::GET, "/x", Some(token), "").await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert_eq!(h.server.api_requests(), 5);
+    assert_eq!(h.server.api_rejections(), 3);
+}
+
+#[tokio::test]
+async fn an_api_that_answers_insufficient_scope_with_401() {
+    let h = Harness::start().await;
+    let token = h.token().await;
+    h.server.set_api_mode(ApiMode::InsufficientScope);
+    let reply = h.call_api(Method::GET, "/admin", Some(&token), "").await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        reply.headers[WWW_AUTHENTICATE],
+        "Bearer error=\"insufficient_scope\", scope=\"admin\""
+    );
+    assert_eq!(reply.json()["error"], "insufficient_scope");
+    // Bad or missing tokens are judged as usual.
+    assert_invalid_token(
+        &h.call_api(Method::GET, "/admin", Some("tk_forged"), "")
+            .await,
+    );
+    let missing = h.call_api(Method::GET, "/admin", None, "").await;
+    assert_eq!(missing.headers[WWW_AUTHENTICATE], "Bearer");
+    assert_eq!(h.server.api_rejections(), 3);
+
+    h.server.set_api_mode(ApiMode::Normal);
+    let reply = h.call_api(Method::GET, "/admin", Some(&token), "").await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn builder_api_mode_applies_from_the_first_request() {
+    assert_eq!(ApiMode::default(), ApiMode::Normal);
+    let server = TestServer::builder()
+        .client("alpha", "alpha-secret")
+        .api_mode(ApiMode::RejectAll)
+        .start()
+        .await
+        .unwrap();
+    let h = Harness::with(server);
+    let token = h.token().await;
+    assert_invalid_token(&h.call_api(Method::GET, "/x", Some(&token), "").await);
+    assert_eq!(h.server.api_rejections(), 1);
+}
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+fn extension_server() -> tokenwarden_testkit::TestServerBuilder {
+    TestServer::builder()
+        .client("alpha", "alpha-secret")
+        .client("beta", "beta secret:with+specials")
+        .extension_grant(JWT_BEARER, "assertion")
+        .extension_grant("urn:example:grant", "ticket")
+}
+
+/// A `client_secret_post` request for `grant_type` with extra form fields.
+fn extension_request(
+    h: &Harness,
+    grant_type: &str,
+    extra: &[(&str, &str)],
+) -> Request<Full<Bytes>> {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", grant_type)
+        .append_pair("client_id", "alpha")
+        .append_pair("client_secret", "alpha-secret");
+    for (key, value) in extra {
+        form.append_pair(key, value);
+    }
+    Request::post(h.server.token_endpoint())
+        .header(CONTENT_TYPE, FORM)
+        .body(Full::from(form.finish()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn extension_grants_issue_tokens_like_client_credentials() {
+    let server = extension_server()
+        .token_lifetime(Duration::from_secs(120))
+        .start()
+        .await
+        .unwrap();
+    let h = Harness::with(server);
+    let reply = h
+        .send(extension_request(
+            &h,
+            JWT_BEARER,
+            &[("assertion", "eyJ.a.b"), ("scope", "read")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.headers[CACHE_CONTROL], "no-store");
+    let json = reply.json();
+    assert_eq!(json["token_type"], "Bearer");
+    assert_eq!(json["expires_in"], 120);
+    assert_eq!(json["scope"], "read");
+    let token = json["access_token"].as_str().unwrap().to_owned();
+    let echo = h.call_api(Method::GET, "/x", Some(&token), "").await;
+    assert_eq!(echo.status, StatusCode::OK);
+    assert_eq!(echo.json()["client"], "alpha");
+
+    let record = h.server.last_token_request("alpha").unwrap();
+    assert_eq!(record.field("grant_type"), Some(JWT_BEARER));
+    assert_eq!(record.field("assertion"), Some("eyJ.a.b"));
+    assert_eq!(h.server.token_requests("alpha"), 1);
+    assert_eq!(h.server.token_requests_total(), 1);
+    assert_eq!(h.server.tokens_issued(), 1);
+
+    // Any registered client, with Basic authentication too; no scope, no scope echoed.
+    let reply = h
+        .send(h.basic_request(
+            "beta",
+            "beta secret:with+specials",
+            "grant_type=urn%3Aexample%3Agrant&ticket=t-1",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert!(reply.json().get("scope").is_none());
+    assert_eq!(h.server.tokens_issued(), 2);
+    assert_eq!(
+        h.server.last_token_request("beta").unwrap().field("ticket"),
+        Some("t-1")
+    );
+}
+
+#[tokio::test]
+async fn extension_grants_without_their_parameter_are_invalid_request() {
+    let h = Harness::with(extension_server().start().await.unwrap());
+    for extra in [&[][..], &[("assertion", "")][..], &[("ticket", "t-1")][..]] {
+        let reply = h
+            .send(extension_request(&h, JWT_BEARER, extra))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        assert_eq!(reply.json()["error"], "invalid_request");
+        let description = reply.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(description.contains("assertion"), "{description}");
+    }
+    assert_eq!(h.server.token_requests("alpha"), 3);
+    assert_eq!(h.server.tokens_issued(), 0);
+}
+
+#[tokio::test]
+async fn extension_grants_still_require_client_authentication() {
+    let h = Harness::with(extension_server().start().await.unwrap());
+    let request = Request::post(h.server.token_endpoint())
+        .header(CONTENT_TYPE, FORM)
+        .body(Full::from(
+            "grant_type=urn%3Aexample%3Agrant&ticket=t-1&client_id=alpha&client_secret=wrong",
+        ))
+        .unwrap();
+    let reply = h.send(request).await.unwrap();
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.json()["error"], "invalid_client");
+    assert_eq!(h.server.tokens_issued(), 0);
+}
+
+#[tokio::test]
+async fn unregistered_grant_types_stay_unsupported_next_to_extensions() {
+    let h = Harness::with(extension_server().start().await.unwrap());
+    for grant_type in ["refresh_token", "urn:example:other"] {
+        let reply = h
+            .send(extension_request(
+                &h,
+                grant_type,
+                &[("assertion", "a"), ("ticket", "t")],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        assert_eq!(reply.json()["error"], "unsupported_grant_type");
+    }
+    // Client credentials are unaffected by registered extensions.
+    h.token().await;
+}
+
+#[tokio::test]
+async fn redirect_answers_307_to_the_decoded_target() {
+    let h = Harness::start().await;
+    let target = format!("{}?q=a%20b&r=%2F", h.server.api_url("/orders"));
+    for method in [Method::GET, Method::POST] {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(h.server.redirect_url(&target))
+            .body(Full::from("payload"))
+            .unwrap();
+        let reply = h.send(request).await.unwrap();
+        assert_eq!(reply.status, StatusCode::TEMPORARY_REDIRECT, "{method}");
+        assert_eq!(reply.headers[LOCATION], target.as_str());
+    }
+    // Following it by hand reaches the API.
+    let token = h.token().await;
+    let request = Request::post(target.as_str())
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .body(Full::from("payload"))
+        .unwrap();
+    let reply = h.send(request).await.unwrap();
+    assert_eq!(reply.json()["path"], "/api/orders");
+    assert_eq!(reply.json()["body"], "payload");
+}
+
+#[tokio::test]
+async fn redirect_without_a_target_is_a_bad_request() {
+    let h = Harness::start().await;
+    let base = h.server.base_url();
+    for uri in [
+        format!("{base}/redirect"),
+        format!("{base}/redirect?to="),
+        format!("{base}/redirect?from=x"),
+    ] {
+        let request = Request::get(uri.as_str()).body(Full::default()).unwrap();
+        assert_eq!(
+            h.send(request).await.unwrap().status,
+            StatusCode::BAD_REQUEST,
+            "{uri}"
+        );
+    }
+    let put = Request::put(h.server.redirect_url("http://127.0.0.1:1/"))
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(
+        h.send(put).await.unwrap().status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+#[tokio::test]
+async fn requests_with_authorization_are_counted_on_every_path_but_the_token_endpoint() {
+    let h = Harness::start().await;
+    // Basic credentials at the token endpoint are expected there, not a leak.
+    let token = h.token().await;
+    h.send(h.basic_request("alpha", "alpha-secret", "grant_type=client_credentials"))
+        .await
+        .unwrap();
+    assert_eq!(h.server.requests_with_authorization(), 0);
+
+    h.call_api(Method::GET, "/x", None, "").await;
+    assert_eq!(h.server.requests_with_authorization(), 0);
+    h.call_api(Method::GET, "/x", Some(&token), "").await;
+    h.call_api(Method::GET, "/x", Some("tk_forged"), "").await;
+    assert_eq!(h.server.requests_with_authorization(), 2);
+
+    for uri in [
+        h.server.redirect_url("http://127.0.0.1:1/"),
+        format!("{}/elsewhere", h.server.base_url()),
+    ] {
+        let request = Request::get(uri.as_str())
+            .header(AUTHORIZATION, "Basic YTpi")
+            .body(Full::default())
+            .unwrap();
+        h.send(request).await.unwrap();
+    }
+    assert_eq!(h.server.requests_with_authorization(), 4);
+    assert!(format!("{:?}", h.server).contains("requests_with_authorization: 4"));
+}
+
+#[tokio::test]
+async fn a_token_that_follows_a_redirect_to_another_origin_is_detected() {
+    let h = Harness::start().await;
+    let other = TestServer::builder().start().await.unwrap();
+    let token = h.token().await;
+    let hop = h.server.redirect_url(&other.api_url("/steal"));
+
+    // A leaky follower: resends the request, credentials and all, to the new origin.
+    let request = Request::get(hop.as_str())
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .body(Full::default())
+        .unwrap();
+    let reply = h.send(request).await.unwrap();
+    let location = reply.headers[LOCATION].to_str().unwrap().to_owned();
+    assert_eq!(location, other.api_url("/steal"));
+    let leaked = Request::get(location.as_str())
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .body(Full::default())
+        .unwrap();
+    h.send(leaked).await.unwrap();
+    assert_eq!(other.requests_with_authorization(), 1);
+
+    // A careful follower drops the credentials across origins: nothing more arrives.
+    let careful = Request::get(location.as_str())
+        .body(Full::default())
+        .unwrap();
+    h.send(careful).await.unwrap();
+    assert_eq!(other.requests_with_authorization(), 1);
+    assert_eq!(other.api_requests(), 2);
+    // The redirecting server saw the token once, at the redirect itself.
+    assert_eq!(h.server.requests_with_authorization(), 1);
 }
