@@ -8,14 +8,14 @@ use http_body_util::{BodyExt as _, Full};
 use tokenwarden_core::{BoxError, TokenParams};
 use tower::ServiceExt as _;
 
-use crate::request::{Form, client_credentials_form, token_request};
+use crate::request::token_request;
 use crate::response::parse_token_response;
 use crate::transport::{ResponseBody, Transport, boxed, default_transport};
-use crate::{ClientCredentials, Error, TokenResponse};
+use crate::{Error, Form, Grant, TokenResponse};
 
 /// Sends token requests to token endpoints over an HTTP transport.
 ///
-/// One `OAuthClient` serves any number of [`ClientCredentials`]; cloning it is cheap and clones
+/// One `OAuthClient` serves any number of clients and grants; cloning it is cheap and clones
 /// share the transport (and its connection pool).
 #[derive(Clone)]
 pub struct OAuthClient {
@@ -53,36 +53,26 @@ impl OAuthClient {
         }
     }
 
-    /// Requests a token with the client-credentials grant (RFC 6749 §4.4).
+    /// Sends one token request for `grant` with the per-request `params` and parses the answer:
+    /// the grant's `grant_type` and form, the client's authentication, the exchange within the
+    /// client's timeout and size limit, strict parsing, then the grant's own checks.
     ///
-    /// `params` may replace the client's scopes, resources or audience and add form parameters.
-    /// A refresh token in the response is dropped (RFC 6749 §4.4.3: this grant must not issue
-    /// one), so [`TokenResponse::refresh_token`] is always `None`.
-    pub async fn client_credentials(
+    /// This is the one function every grant goes through. It does not retry: see
+    /// [`Error::is_retryable`] and [`Error::retry_after`].
+    pub async fn request_token<G: Grant + ?Sized>(
         &self,
-        client: &ClientCredentials,
+        grant: &G,
         params: &TokenParams,
     ) -> Result<TokenResponse, Error> {
-        let form = client_credentials_form(client, params)?;
-        let response = self.exchange(client, form, "client_credentials").await?;
-        if response.refresh_token().is_some() {
-            tracing::debug!(
-                client_id = client.client_id(),
-                "dropped the refresh token of a client-credentials response (RFC 6749 section 4.4.3)"
-            );
-        }
-        Ok(response.without_refresh_token())
-    }
-
-    /// Sends one token request and parses the answer, all within the client's timeout.
-    async fn exchange(
-        &self,
-        client: &ClientCredentials,
-        form: Form,
-        grant_type: &'static str,
-    ) -> Result<TokenResponse, Error> {
+        let client = grant.client();
+        // A grant registered with a manager was checked then; one used directly is checked here.
+        grant.validate()?;
+        let mut form = Form::default();
+        form.push("grant_type", grant.grant_type());
+        grant.form(params, &mut form)?;
         let request = token_request(client, form)?;
         let timeout = client.timeout();
+        let grant_type = grant.grant_type();
         tracing::debug!(
             client_id = client.client_id(),
             token_endpoint = %client.token_endpoint(),
@@ -91,10 +81,11 @@ impl OAuthClient {
         );
         let exchange = send(self.transport.clone(), request, client.max_response_bytes());
         let result = match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok((status, body))) => parse_token_response(status, &body),
+            Ok(Ok((status, headers, body))) => parse_token_response(status, &headers, &body),
             Ok(Err(error)) => Err(error),
             Err(_elapsed) => Err(Error::Timeout(timeout)),
-        };
+        }
+        .and_then(|response| grant.check_response(response));
         match &result {
             Ok(response) => tracing::debug!(
                 client_id = client.client_id(),
@@ -124,11 +115,11 @@ async fn send(
     transport: Transport,
     request: http::Request<Full<Bytes>>,
     limit: usize,
-) -> Result<(StatusCode, Bytes), Error> {
+) -> Result<(StatusCode, HeaderMap, Bytes), Error> {
     let response = transport.oneshot(request).await.map_err(Error::Transport)?;
     let (parts, body) = response.into_parts();
     let body = read_limited(&parts.headers, body, limit).await?;
-    Ok((parts.status, body))
+    Ok((parts.status, parts.headers, body))
 }
 
 /// Reads at most `limit` bytes of body: a larger announced length is refused before reading, and
@@ -166,8 +157,8 @@ const _: () = {
     // The facade spawns token requests: the future must be `Send`.
     fn assert_send<T: Send>(_: T) {}
     #[allow(dead_code)]
-    fn client_credentials_is_send(c: &OAuthClient, cc: &ClientCredentials, p: &TokenParams) {
-        assert_send(c.client_credentials(cc, p));
+    fn request_token_is_send(c: &OAuthClient, g: &dyn Grant, p: &TokenParams) {
+        assert_send(c.request_token(g, p));
     }
     #[allow(dead_code)]
     fn client_is_send_sync(c: OAuthClient) -> impl Send + Sync + Clone + 'static {

@@ -22,12 +22,18 @@ pub enum Error {
         error: String,
         /// The `error_description`, if the server sent one.
         description: Option<String>,
+        /// How long the server asked to wait before trying again (`Retry-After` on a 429 or
+        /// 503 response).
+        retry_after: Option<Duration>,
     },
     /// The token endpoint answered with a non-2xx status and no OAuth 2.0 error body.
     #[error("token endpoint returned unexpected status {status}")]
     UnexpectedStatus {
         /// The HTTP status of the response.
         status: StatusCode,
+        /// How long the server asked to wait before trying again (`Retry-After` on a 429 or
+        /// 503 response).
+        retry_after: Option<Duration>,
     },
     /// The request could not be sent or the response could not be read (connection, TLS, I/O).
     #[error("token endpoint transport error")]
@@ -58,7 +64,7 @@ impl Error {
     /// are not retryable.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::TokenEndpoint { status, .. } | Error::UnexpectedStatus { status } => {
+            Error::TokenEndpoint { status, .. } | Error::UnexpectedStatus { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
             Error::Transport(_) | Error::Timeout(_) => true,
@@ -66,6 +72,17 @@ impl Error {
             | Error::ResponseTooLarge { .. }
             | Error::InvalidToken(_)
             | Error::Config(_) => false,
+        }
+    }
+
+    /// How long the server asked to wait before the next attempt, if it said (`Retry-After`
+    /// on a 429 or 503 response).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::TokenEndpoint { retry_after, .. } | Error::UnexpectedStatus { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
         }
     }
 
@@ -95,9 +112,11 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             error: "invalid_client".into(),
             description: None,
+            retry_after: None,
         };
         let unexpected = |status: u16| Error::UnexpectedStatus {
             status: StatusCode::from_u16(status).unwrap(),
+            retry_after: None,
         };
         assert!(!oauth(400).is_retryable());
         assert!(!oauth(401).is_retryable());
@@ -122,6 +141,7 @@ mod tests {
             status: StatusCode::UNAUTHORIZED,
             error: "invalid_client".into(),
             description: Some("bad\nline".into()),
+            retry_after: None,
         };
         assert_eq!(
             e.to_string(),
@@ -129,6 +149,7 @@ mod tests {
         );
         let e = Error::UnexpectedStatus {
             status: StatusCode::BAD_GATEWAY,
+            retry_after: None,
         };
         assert_eq!(
             e.to_string(),

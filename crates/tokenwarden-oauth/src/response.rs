@@ -2,7 +2,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::StatusCode;
+use http::header::RETRY_AFTER;
+use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 use tokenwarden_core::{AccessToken, Secret, TokenType};
 
@@ -77,16 +78,21 @@ impl TokenResponse {
 /// is an error. Messages name the field at fault but never repeat a value from the body.
 pub(crate) fn parse_token_response(
     status: StatusCode,
+    headers: &HeaderMap,
     body: &[u8],
 ) -> Result<TokenResponse, Error> {
     let parsed = serde_json::from_slice::<Value>(body);
+    let retry_after = retry_after(status, headers);
     if let Ok(Value::Object(map)) = &parsed
-        && let Some(error) = oauth_error(status, map)
+        && let Some(error) = oauth_error(status, map, retry_after)
     {
         return Err(error);
     }
     if !status.is_success() {
-        return Err(Error::UnexpectedStatus { status });
+        return Err(Error::UnexpectedStatus {
+            status,
+            retry_after,
+        });
     }
     let map = match parsed {
         Ok(Value::Object(map)) => map,
@@ -159,7 +165,11 @@ fn parse_success(map: &Map<String, Value>) -> Result<TokenResponse, Error> {
 }
 
 /// RFC 6749 §5.2: an object with a string `error` is an error response.
-fn oauth_error(status: StatusCode, map: &Map<String, Value>) -> Option<Error> {
+fn oauth_error(
+    status: StatusCode,
+    map: &Map<String, Value>,
+    retry_after: Option<Duration>,
+) -> Option<Error> {
     let error = match map.get("error") {
         Some(Value::String(e)) if !e.is_empty() => e.clone(),
         _ => return None,
@@ -172,7 +182,24 @@ fn oauth_error(status: StatusCode, map: &Map<String, Value>) -> Option<Error> {
         status,
         error,
         description,
+        retry_after,
     })
+}
+
+/// RFC 9110 §10.2.3: `Retry-After` as delay-seconds or an HTTP date, read on the statuses that
+/// carry it for a client (429, RFC 6585 §4; 503). A date in the past is no delay; a malformed
+/// value is ignored.
+fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Only digits: the parse fails only on overflow.
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 fn parse_expires_in(value: Option<&Value>) -> Result<Option<Duration>, Error> {
@@ -263,7 +290,7 @@ mod tests {
     use super::*;
 
     fn ok(body: &str) -> Result<TokenResponse, Error> {
-        parse_token_response(StatusCode::OK, body.as_bytes())
+        parse_token_response(StatusCode::OK, &HeaderMap::new(), body.as_bytes())
     }
 
     fn invalid(body: &str) -> String {
@@ -476,11 +503,12 @@ mod tests {
             StatusCode::OK,
             StatusCode::SERVICE_UNAVAILABLE,
         ] {
-            match parse_token_response(status, body) {
+            match parse_token_response(status, &HeaderMap::new(), body) {
                 Err(Error::TokenEndpoint {
                     status: s,
                     error,
                     description,
+                    ..
                 }) => {
                     assert_eq!(s, status);
                     assert_eq!(error, "invalid_client");
@@ -489,7 +517,7 @@ mod tests {
                 other => panic!("{status}: {other:?}"),
             }
         }
-        match parse_token_response(StatusCode::BAD_REQUEST, br#"{"error":"invalid_scope"}"#) {
+        match parse_token_response(StatusCode::BAD_REQUEST, &HeaderMap::new(), br#"{"error":"invalid_scope"}"#) {
             Err(Error::TokenEndpoint {
                 error,
                 description: None,
@@ -508,8 +536,8 @@ mod tests {
             (StatusCode::BAD_REQUEST, r#"{"error":42}"#),
             (StatusCode::UNAUTHORIZED, r#"{"access_token":"t"}"#),
         ] {
-            match parse_token_response(status, body.as_bytes()) {
-                Err(Error::UnexpectedStatus { status: s }) => assert_eq!(s, status),
+            match parse_token_response(status, &HeaderMap::new(), body.as_bytes()) {
+                Err(Error::UnexpectedStatus { status: s, .. }) => assert_eq!(s, status),
                 other => panic!("{status} {body}: {other:?}"),
             }
         }
@@ -528,5 +556,36 @@ mod tests {
         let r = ok(r#"{"access_token":"t","scope":"","refresh_token":null}"#).unwrap();
         assert_eq!(r.scope(), None);
         assert!(r.refresh_token().is_none());
+    }
+
+    #[test]
+    fn retry_after_is_read_on_429_and_503_as_seconds_or_a_date() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(RETRY_AFTER, value.parse().unwrap());
+            headers
+        };
+        let wait = |status: u16, headers: &HeaderMap| {
+            parse_token_response(StatusCode::from_u16(status).unwrap(), headers, b"")
+                .unwrap_err()
+                .retry_after()
+        };
+        assert_eq!(wait(503, &with("3")), Some(Duration::from_secs(3)));
+        assert_eq!(wait(429, &with(" 120 ")), Some(Duration::from_secs(120)));
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let waited = wait(503, &with(&soon)).unwrap();
+        assert!(waited > Duration::from_secs(28) && waited <= Duration::from_secs(30), "{waited:?}");
+        let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(30));
+        assert_eq!(wait(429, &with(&past)), Some(Duration::ZERO));
+        assert_eq!(wait(503, &with("soon")), None, "malformed values are ignored");
+        assert_eq!(wait(500, &with("3")), None, "only 429 and 503 carry it");
+        assert_eq!(wait(503, &HeaderMap::new()), None);
+        let oauth = parse_token_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &with("7"),
+            br#"{"error":"slow_down"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(oauth.retry_after(), Some(Duration::from_secs(7)));
     }
 }

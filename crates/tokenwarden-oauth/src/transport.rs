@@ -47,7 +47,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The default client: hyper-util's pooled client over rustls with the ring provider, HTTP/1.1
 /// and HTTP/2 (negotiated by ALPN), `https` and `http` URIs (the endpoint check lives in
-/// [`crate::ClientCredentialsBuilder::build`]).
+/// [`crate::ClientConfigBuilder::build`]).
 ///
 /// Trusts the platform's root certificates; where the platform has none (a minimal container),
 /// the Mozilla roots bundled by `webpki-roots`.

@@ -1,5 +1,6 @@
 //! `OAuthClient::new()` (hyper-util + rustls) against a real hyper 1 server on 127.0.0.1:0: the
-//! default transport sends a proper request, and a hung server or an oversized body is cut off.
+//! default transport sends a proper request, passes the server's `Retry-After` on, and a hung
+//! server or an oversized body is cut off.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
@@ -19,7 +20,7 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokenwarden_core::{TokenParams, TokenType};
-use tokenwarden_oauth::{ClientCredentials, Error, OAuthClient};
+use tokenwarden_oauth::{ClientConfig, ClientCredentials, Error, OAuthClient};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -61,12 +62,22 @@ fn json(status: u16, body: &'static str) -> Response<ServerBody> {
 }
 
 fn client(addr: SocketAddr) -> ClientCredentials {
-    ClientCredentials::builder(&format!("http://{addr}/oauth2/token"), "reports")
+    let config = ClientConfig::builder(&format!("http://{addr}/oauth2/token"), "reports")
         .client_secret("loopback-secret")
-        .scope("reports.read")
         .timeout(Duration::from_secs(5))
         .build()
-        .unwrap()
+        .unwrap();
+    ClientCredentials::new(config).scope("reports.read")
+}
+
+/// A client of `addr` that gives up after 300 ms.
+fn impatient_client(addr: SocketAddr) -> ClientCredentials {
+    let config = ClientConfig::builder(&format!("http://{addr}/token"), "c")
+        .client_secret("s")
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    ClientCredentials::new(config)
 }
 
 #[derive(Debug)]
@@ -112,7 +123,7 @@ async fn default_transport_gets_a_token_from_a_real_server() {
 
     let oauth = OAuthClient::new().unwrap();
     let response = oauth
-        .client_credentials(&client(addr), &TokenParams::new())
+        .request_token(&client(addr), &TokenParams::new())
         .await
         .unwrap();
     assert_eq!(response.access_token().expose_secret(), "loopback-token");
@@ -139,7 +150,7 @@ async fn default_transport_gets_a_token_from_a_real_server() {
     // A clone shares the pooled connection and keeps working.
     let again = oauth
         .clone()
-        .client_credentials(&client(addr), &TokenParams::new())
+        .request_token(&client(addr), &TokenParams::new())
         .await
         .unwrap();
     assert_eq!(again.access_token().expose_secret(), "loopback-token");
@@ -156,7 +167,7 @@ async fn default_transport_reports_the_servers_oauth_error() {
     .await;
     let err = OAuthClient::new()
         .unwrap()
-        .client_credentials(&client(addr), &TokenParams::new())
+        .request_token(&client(addr), &TokenParams::new())
         .await
         .unwrap_err();
     match &err {
@@ -164,14 +175,45 @@ async fn default_transport_reports_the_servers_oauth_error() {
             status,
             error,
             description,
+            retry_after,
         } => {
             assert_eq!(*status, StatusCode::UNAUTHORIZED);
+            assert_eq!(*retry_after, None);
             assert_eq!(error, "invalid_client");
             assert_eq!(description.as_deref(), Some("client authentication failed"));
         }
         other => panic!("{other:?}"),
     }
     assert!(!err.is_retryable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_servers_retry_after_reaches_the_caller() {
+    let addr = serve(|_| async {
+        Response::builder()
+            .status(503)
+            .header("retry-after", "2")
+            .body(http_body_util::Empty::new().boxed())
+            .unwrap()
+    })
+    .await;
+    let err = OAuthClient::new()
+        .unwrap()
+        .request_token(&client(addr), &TokenParams::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::UnexpectedStatus {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
+    assert!(err.is_retryable());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,7 +226,7 @@ async fn a_refused_connection_is_a_retryable_transport_error() {
         .unwrap();
     let err = OAuthClient::new()
         .unwrap()
-        .client_credentials(&client(addr), &TokenParams::new())
+        .request_token(&client(addr), &TokenParams::new())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Transport(_)), "{err:?}");
@@ -205,15 +247,11 @@ async fn a_server_that_accepts_but_never_answers_times_out() {
             }
         }
     });
-    let client = ClientCredentials::builder(&format!("http://{addr}/token"), "c")
-        .client_secret("s")
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let client = impatient_client(addr);
     let started = Instant::now();
     let err = OAuthClient::new()
         .unwrap()
-        .client_credentials(&client, &TokenParams::new())
+        .request_token(&client, &TokenParams::new())
         .await
         .unwrap_err();
     assert!(
@@ -247,14 +285,10 @@ impl Body for Stalled {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_stalls_mid_body_times_out() {
     let addr = serve(|_| async { Response::new(Stalled.boxed()) }).await;
-    let client = ClientCredentials::builder(&format!("http://{addr}/token"), "c")
-        .client_secret("s")
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let client = impatient_client(addr);
     let err = OAuthClient::new()
         .unwrap()
-        .client_credentials(&client, &TokenParams::new())
+        .request_token(&client, &TokenParams::new())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Timeout(_)), "{err:?}");
@@ -313,7 +347,7 @@ async fn ten_megabyte_response(announce_length: bool) -> (Error, usize) {
     .await;
     let err = OAuthClient::new()
         .unwrap()
-        .client_credentials(&client(addr), &TokenParams::new())
+        .request_token(&client(addr), &TokenParams::new())
         .await
         .unwrap_err();
     (err, produced.load(Ordering::SeqCst))
