@@ -8,19 +8,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current time.
     fn now(&self) -> SystemTime;
-
-    /// The current time read cheaply: it may lag [`now`](Clock::now) by up to
-    /// [`COARSE_CLOCK_LAG`], so callers deciding whether something expired add that much.
-    /// Defaults to [`now`](Clock::now).
-    fn now_coarse(&self) -> SystemTime {
-        self.now()
-    }
-
-    /// [`now_coarse`](Clock::now_coarse) as nanoseconds since the Unix epoch (0 before it,
-    /// saturating in the year 2554): what a hot path compares against a precomputed deadline.
-    fn now_coarse_unix_nanos(&self) -> u64 {
-        unix_nanos(self.now_coarse())
-    }
 }
 
 /// A shared clock is a clock: every builder that takes `impl Clock` also takes the
@@ -29,25 +16,7 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
     fn now(&self) -> SystemTime {
         (**self).now()
     }
-
-    fn now_coarse(&self) -> SystemTime {
-        (**self).now_coarse()
-    }
-
-    fn now_coarse_unix_nanos(&self) -> u64 {
-        (**self).now_coarse_unix_nanos()
-    }
 }
-
-/// `t` as nanoseconds since the Unix epoch: 0 for earlier times, saturating in the year 2554.
-pub fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// How far [`Clock::now_coarse`] may lag behind [`Clock::now`] (a kernel tick is 1 to 10 ms).
-pub const COARSE_CLOCK_LAG: Duration = Duration::from_millis(20);
 
 /// The system's wall clock.
 #[derive(Clone, Copy, Debug, Default)]
@@ -56,27 +25,6 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
-    }
-
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    fn now_coarse(&self) -> SystemTime {
-        // CLOCK_REALTIME_COARSE is the time of the last tick, read from the vDSO without a
-        // syscall and without reading the TSC.
-        let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-        match (u64::try_from(ts.tv_sec), u32::try_from(ts.tv_nsec)) {
-            (Ok(secs), Ok(nanos)) => UNIX_EPOCH + Duration::new(secs, nanos),
-            _ => SystemTime::now(),
-        }
-    }
-
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    #[inline]
-    fn now_coarse_unix_nanos(&self) -> u64 {
-        let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-        match (u64::try_from(ts.tv_sec), u64::try_from(ts.tv_nsec)) {
-            (Ok(secs), Ok(nanos)) => secs.saturating_mul(1_000_000_000).saturating_add(nanos),
-            _ => 0,
-        }
     }
 }
 
@@ -111,17 +59,16 @@ impl ManualClock {
     }
 }
 
+/// `t` as nanoseconds since the Unix epoch: 0 for earlier times, saturating in the year 2554.
 fn to_nanos(t: SystemTime) -> u64 {
-    unix_nanos(t)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_nanos(self.nanos_since_epoch.load(Ordering::SeqCst))
-    }
-
-    fn now_coarse_unix_nanos(&self) -> u64 {
-        self.nanos_since_epoch.load(Ordering::SeqCst)
     }
 }
 
@@ -146,21 +93,7 @@ mod tests {
         let expected = UNIX_EPOCH + Duration::from_secs(1_005);
         for clock in [&shared as &dyn Clock, &nested] {
             assert_eq!(clock.now(), expected);
-            assert_eq!(clock.now_coarse(), expected);
-            assert_eq!(clock.now_coarse_unix_nanos(), 1_005_000_000_000);
         }
-    }
-
-    #[test]
-    fn coarse_system_time_is_close_to_precise_time() {
-        let precise_before = SystemClock.now();
-        let coarse = SystemClock.now_coarse();
-        let precise_after = SystemClock.now();
-        assert!(coarse <= precise_after, "coarse time is never ahead");
-        assert!(
-            coarse + COARSE_CLOCK_LAG >= precise_before,
-            "and lags by less than the bound"
-        );
     }
 
     #[test]

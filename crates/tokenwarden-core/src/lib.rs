@@ -78,7 +78,7 @@ mod secret;
 mod token;
 
 pub use cache::{BoxFuture, Lease, TokenCache};
-pub use clock::{COARSE_CLOCK_LAG, Clock, ManualClock, SystemClock, unix_nanos};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, Error};
 pub use key::{CacheKey, CacheKeyBuilder};
 pub use params::TokenParams;
