@@ -7,7 +7,10 @@ pub mod layer;
 mod manager;
 
 pub use error::Error;
-pub use layer::{AccessTokenLayer, AccessTokenLayerBuilder, AccessTokenService};
+pub use layer::{
+    AccessTokenLayer, AccessTokenLayerBuilder, AccessTokenService, Buffered, NoReplay,
+    ReplayPolicy,
+};
 pub use manager::{Metrics, RetryPolicy, TokenManager, TokenManagerBuilder};
 
 pub use tokenwarden_core::{
@@ -15,7 +18,9 @@ pub use tokenwarden_core::{
     TokenParams, TokenType,
 };
 pub use tokenwarden_memory::MemoryTokenCache;
-pub use tokenwarden_oauth::{ClientAuth, ClientCredentials, OAuthClient};
+pub use tokenwarden_oauth::{
+    ClientAuth, ClientConfig, ClientCredentials, ExtensionGrant, Grant, OAuthClient,
+};
 
 /// The crates tokenwarden is made of, for what the facade does not re-export.
 pub mod core {

@@ -4,24 +4,26 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use super::origin::{Origin, Origins};
-use super::service::{AccessTokenService, Shared};
+use super::replay::Buffered;
+use super::service::{AccessTokenService, Config};
 use crate::{Error, TokenManager};
 
-/// A [`Layer`] that attaches tokens of one client to requests for the origins it allows.
+/// A [`Layer`] that attaches tokens of one client to requests for the origins it allows, and
+/// replays a request once after a 401 if its [`ReplayPolicy`](super::ReplayPolicy) `P` kept it.
 ///
 /// Built with [`AccessTokenLayer::builder`]; see the [module docs](crate::layer).
 #[derive(Clone)]
-pub struct AccessTokenLayer {
-    shared: Arc<Shared>,
+pub struct AccessTokenLayer<P = Buffered> {
+    config: Arc<Config>,
+    replay: P,
 }
 
-impl fmt::Debug for AccessTokenLayer {
+impl<P: fmt::Debug> fmt::Debug for AccessTokenLayer<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AccessTokenLayer")
-            .field("client", &self.shared.client.name)
-            .field("origins", &self.shared.origins)
-            .field("max_replay_body_bytes", &self.shared.max_replay_bytes)
-            .field("replay", &self.shared.replay)
+            .field("client", &self.config.client.name)
+            .field("origins", &self.config.origins)
+            .field("replay", &self.replay)
             .finish()
     }
 }
@@ -34,34 +36,33 @@ impl AccessTokenLayer {
             client: client.to_owned(),
             origins: Vec::new(),
             any_origin: false,
-            max_replay_bytes: 64 * 1024,
-            replay: true,
+            replay: Buffered::default(),
         }
     }
 }
 
-/// The inner service must be `Clone + Send + 'static`: with replay on, the service keeps one
-/// clone of it to replay requests with after a 401 (see [`AccessTokenService`]).
-impl<S: Clone + Send + 'static> Layer<S> for AccessTokenLayer {
-    type Service = AccessTokenService<S>;
+/// Applying the layer costs one small allocation: the state the service and its response
+/// futures share (see [`AccessTokenService`]).
+impl<S, P: Clone> Layer<S> for AccessTokenLayer<P> {
+    type Service = AccessTokenService<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AccessTokenService::from_shared(inner, self.shared.clone())
+        AccessTokenService::new(inner, self.config.clone(), self.replay.clone())
     }
 }
 
 /// Builds an [`AccessTokenLayer`].
 #[derive(Debug)]
-pub struct AccessTokenLayerBuilder {
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct AccessTokenLayerBuilder<P = Buffered> {
     manager: TokenManager,
     client: String,
     origins: Vec<String>,
     any_origin: bool,
-    max_replay_bytes: usize,
-    replay: bool,
+    replay: P,
 }
 
-impl AccessTokenLayerBuilder {
+impl<P> AccessTokenLayerBuilder<P> {
     /// Allows sending tokens to `origin` (`https://host[:port]`); call once per origin.
     pub fn allow_origin(mut self, origin: &str) -> Self {
         self.origins.push(origin.to_owned());
@@ -75,25 +76,20 @@ impl AccessTokenLayerBuilder {
         self
     }
 
-    /// The largest body buffered so the request can be replayed after a 401 (default 64 KiB);
-    /// `0` replays only requests with empty bodies.
-    pub fn max_replay_body_bytes(mut self, max: usize) -> Self {
-        self.max_replay_bytes = max;
-        self
-    }
-
-    /// Whether a request that got a 401 is replayed once with a new token (default: yes).
-    ///
-    /// Replaying means keeping a copy of each request's method, URI and headers until its
-    /// response arrives (a few hundred nanoseconds per request). Without it, a 401 still
-    /// invalidates the token, so the next request gets a new one, and goes back to the caller.
-    pub fn replay_unauthorized(mut self, replay: bool) -> Self {
-        self.replay = replay;
-        self
+    /// Which requests are kept to be replayed after a 401 (default [`Buffered`]: bodies of known
+    /// size up to 64 KiB). [`NoReplay`](super::NoReplay) keeps none and works with any body type.
+    pub fn replay<Q>(self, policy: Q) -> AccessTokenLayerBuilder<Q> {
+        AccessTokenLayerBuilder {
+            manager: self.manager,
+            client: self.client,
+            origins: self.origins,
+            any_origin: self.any_origin,
+            replay: policy,
+        }
     }
 
     /// Builds the layer: fails for an unknown client, an invalid origin, or no allowed origin at all.
-    pub fn build(self) -> Result<AccessTokenLayer, Error> {
+    pub fn build(self) -> Result<AccessTokenLayer<P>, Error> {
         let client = self.manager.client(&self.client)?;
         let origins = if self.any_origin {
             Origins::Any
@@ -103,7 +99,7 @@ impl AccessTokenLayerBuilder {
                 self.client
             )));
         } else {
-            Origins::list(
+            Origins::List(
                 self.origins
                     .iter()
                     .map(|o| Origin::parse(o))
@@ -111,14 +107,20 @@ impl AccessTokenLayerBuilder {
             )
         };
         Ok(AccessTokenLayer {
-            shared: super::registry::register(|id| Shared {
-                id,
+            config: Arc::new(Config {
                 manager: self.manager,
                 client,
                 origins,
-                max_replay_bytes: self.max_replay_bytes,
-                replay: self.replay,
             }),
+            replay: self.replay,
         })
+    }
+}
+
+impl AccessTokenLayerBuilder<Buffered> {
+    /// With the default [`Buffered`] policy: the largest body kept for a replay (default
+    /// 64 KiB); `0` keeps only requests with empty bodies.
+    pub fn max_replay_body_bytes(self, max: usize) -> Self {
+        self.replay(Buffered::new(max))
     }
 }

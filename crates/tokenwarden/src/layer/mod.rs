@@ -1,42 +1,54 @@
 //! The tower middleware that attaches access tokens to outgoing requests.
 //!
-//! [`AccessTokenLayer`] wraps any `Service<http::Request<B>>` that is `Clone + Send + 'static`
-//! (hyper-util's legacy `Client`, a `tower::ServiceBuilder` stack with tower-http layers, ...).
-//! With replay on, the service keeps one clone of the inner service, made when the layer is
-//! applied, and clones it again only to replay a request: no request pays for a clone (a
-//! hyper-util `Client` clone writes about five reference counts shared by every request on
-//! every core). For each request to an allowed
-//! origin it sets `Authorization: <type> <token>` from the [`TokenManager`](crate::TokenManager).
-//! When the response is `401 Unauthorized` it invalidates that token (only if it is still the
-//! cached one), gets a new one and replays the request once. Requests to other origins pass
-//! through untouched, and a request that already carries an `Authorization` header keeps it.
+//! [`AccessTokenLayer`] wraps any `Service<http::Request<B>>` that is `Clone` (hyper-util's
+//! legacy `Client`, a `tower::ServiceBuilder` stack with tower-http layers, ...). For each
+//! request to an allowed origin it sets `Authorization: Bearer <token>` from the
+//! [`TokenManager`](crate::TokenManager): the cached token when there is one (read without a
+//! lock), else one obtained first. Requests to other origins pass through untouched (with a
+//! `debug` event naming the origin), and a request that already carries an `Authorization`
+//! header keeps it.
 //!
-//! A request can be replayed when its body could be buffered: its size is known exactly and at
-//! most [`max_replay_body_bytes`](AccessTokenLayerBuilder::max_replay_body_bytes) (64 KiB by
-//! default), as for `Full<Bytes>` or an empty body. Other bodies are streamed as they are, and a
-//! 401 to such a request is returned unchanged (after invalidating the token).
+//! When the response is `401 Unauthorized`, the token that was sent is invalidated (only if it
+//! is still the cached one, so a burst of 401s costs one renewal) and, if the
+//! [`ReplayPolicy`] kept the request, the request is replayed once with a new token. A 401
+//! whose `WWW-Authenticate` says `error="insufficient_scope"` goes back as it is: a new token
+//! would not have the scope either. When a token fetched after a rejection is rejected too,
+//! renewals back off for a while (see
+//! [`rejection_backoff`](crate::TokenManagerBuilder::rejection_backoff)).
 //!
-//! Per-request parameters travel in the request's extensions: insert a
-//! [`TokenParams`](crate::TokenParams) to force renewal or ask for another scope or resource.
+//! The default policy, [`Buffered`], keeps requests whose body has a known size up to 64 KiB
+//! (read into memory before the first send); [`NoReplay`] keeps none and works with any body
+//! type (`Incoming`, `BoxBody`, a stream).
+//!
+//! Which token a request gets: the layer's client, with the [`TokenParams`](crate::TokenParams)
+//! the request carries in its extensions, if any (scope, resource, force renewal).
+//!
+//! # Redirects
+//!
+//! Put a redirect follower *outside* this layer
+//! (`ServiceBuilder::new().layer(FollowRedirectLayer::new()).layer(tokens)`): every hop then
+//! passes the origin check, and the token goes only to allowed origins. Inside it
+//! (`.layer(tokens).layer(FollowRedirectLayer::new())`), the follower re-sends the request with
+//! the token already on it: tower-http's follower strips credentials only when a hop changes
+//! origin from the hop before, so a chain `allowed → other → other` delivers the token to the
+//! last hop.
 //!
 //! ```
 //! use bytes::Bytes;
 //! use http::{Request, Response, StatusCode};
 //! use http_body_util::Full;
-//! use tokenwarden::{AccessTokenLayer, ClientCredentials, TokenManager};
+//! use tokenwarden::{AccessTokenLayer, ClientConfig, ClientCredentials, TokenManager};
 //! use tokenwarden_testkit::TestServer;
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let server = TestServer::builder().client("billing", "s3cret").start().await?;
+//! let idp = ClientConfig::builder(&server.token_endpoint(), "billing")
+//!     .client_secret("s3cret")
+//!     .build()?;
 //! let manager = TokenManager::builder()
-//!     .client(
-//!         "billing",
-//!         ClientCredentials::builder(&server.token_endpoint(), "billing")
-//!             .client_secret("s3cret")
-//!             .build()?,
-//!     )
+//!     .client("billing", ClientCredentials::new(idp))
 //!     .build()?;
 //! let layer = AccessTokenLayer::builder(&manager, "billing")
 //!     .allow_origin(&server.base_url())
@@ -59,15 +71,16 @@
 //! # }
 //! ```
 
-mod capture;
+mod challenge;
 mod future;
 // The layout conventions (layer.rs, service.rs, future.rs) name this file after its folder.
 #[allow(clippy::module_inception)]
 mod layer;
 mod origin;
-mod registry;
+mod replay;
 mod service;
 
 pub use future::ResponseFuture;
 pub use layer::{AccessTokenLayer, AccessTokenLayerBuilder};
+pub use replay::{BodyFuture, Buffered, Kept, NoReplay, ReplayPolicy};
 pub use service::AccessTokenService;

@@ -1,4 +1,10 @@
-use http::Uri;
+//! Where tokens may go: the allow-list, checked against the request's URI and its `Host`
+//! header. Anything that cannot be read exactly is refused.
+
+use std::fmt;
+
+use http::header::HOST;
+use http::{HeaderMap, Uri};
 
 use crate::Error;
 
@@ -6,14 +12,10 @@ use crate::Error;
 #[derive(Clone, Debug)]
 pub(crate) enum Origins {
     Any,
-    List {
-        origins: Vec<Origin>,
-        /// Every origin's authority as text (`host:port`, and `host` alone for a default port)
-        /// with its scheme: compared byte for byte on the hot path, before any parsing.
-        spellings: Vec<(bool, String)>,
-    },
+    List(Vec<Origin>),
 }
 
+/// One origin: scheme, lower-case host, port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Origin {
     https: bool,
@@ -21,97 +23,182 @@ pub(crate) struct Origin {
     port: u16,
 }
 
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+/// Why a request gets no token.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Its origin is not on the list (or cannot be read: no scheme, no host, a bad port).
+    Origin,
+    /// Its `Host` header names another origin than its URI.
+    HostHeader,
+}
+
 impl Origin {
     /// Parses `https://host[:port]` (a trailing `/` is allowed; a path, query or user info is not).
     pub(crate) fn parse(text: &str) -> Result<Origin, Error> {
         let bad = |why: &str| Error::Config(format!("invalid origin `{text}`: {why}"));
-        let uri: Uri = text.parse().map_err(|_| bad("not a URI"))?;
-        let https = match uri.scheme_str() {
-            Some(s) if s.eq_ignore_ascii_case("https") => true,
-            Some(s) if s.eq_ignore_ascii_case("http") => false,
-            _ => return Err(bad("the scheme must be http or https")),
-        };
-        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(bad("user info is not allowed"));
-        }
+        let uri: Uri = text
+            .parse()
+            .map_err(|_| bad("not an absolute URL such as https://api.example.com"))?;
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(bad("an origin has no path or query"));
         }
-        let host = authority.host().to_ascii_lowercase();
-        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-        Ok(Origin { https, host, port })
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(bad("user info is not allowed"));
+        }
+        Origin::of(&uri).ok_or_else(|| bad("the scheme must be http or https, with a host and a valid port"))
     }
 
-    fn spellings(&self) -> impl Iterator<Item = (bool, String)> + '_ {
-        let default_port = self.port == if self.https { 443 } else { 80 };
-        let bare = default_port.then(|| (self.https, self.host.clone()));
-        std::iter::once((self.https, format!("{}:{}", self.host, self.port))).chain(bare)
+    /// The origin a URI names, if it names one exactly.
+    fn of(uri: &Uri) -> Option<Origin> {
+        let target = Target::of(uri)?;
+        Some(Origin {
+            https: target.https,
+            host: target.host.to_ascii_lowercase(),
+            port: target.port,
+        })
     }
 
-    fn matches(&self, https: bool, uri: &Uri) -> bool {
-        let Some(host) = uri.host() else {
-            return false;
-        };
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        https == self.https && port == self.port && host.eq_ignore_ascii_case(&self.host)
+    fn is(&self, target: &Target<'_>) -> bool {
+        self.https == target.https
+            && self.port == target.port
+            && self.host.eq_ignore_ascii_case(target.host)
     }
 }
 
-impl Origins {
-    pub(crate) fn list(origins: Vec<Origin>) -> Origins {
-        let spellings = origins.iter().flat_map(Origin::spellings).collect();
-        Origins::List { origins, spellings }
-    }
+/// Where a request goes, read from its URI without copying.
+#[derive(Clone, Copy, Debug)]
+struct Target<'a> {
+    https: bool,
+    host: &'a str,
+    port: u16,
+}
 
-    /// Whether a token may be attached to a request for `uri`. A URI without scheme and host (a
-    /// path only) never matches a list: where it goes is not known here.
+impl<'a> Target<'a> {
     #[inline]
-    pub(crate) fn allows(&self, uri: &Uri) -> bool {
-        let Origins::List { origins, spellings } = self else {
-            return true;
-        };
+    fn of(uri: &'a Uri) -> Option<Target<'a>> {
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
             Some(s) if s.eq_ignore_ascii_case("https") => true,
             Some(s) if s.eq_ignore_ascii_case("http") => false,
-            _ => return false,
+            _ => return None,
         };
-        let Some(authority) = uri.authority() else {
-            return false;
-        };
-        let text = authority.as_str().as_bytes();
-        spellings
-            .iter()
-            .any(|(h, a)| *h == https && same_bytes(a.as_bytes(), text))
-            || origins.iter().any(|o| o.matches(https, uri))
+        let (host, port) = host_and_port(uri.authority()?.as_str(), https)?;
+        Some(Target { https, host, port })
     }
 }
 
-/// `a == b`, without a call to `memcmp` for the short strings an authority is: compared eight
-/// bytes at a time, the last eight overlapping.
+/// The host and port of an authority (`[user@]host[:port]`), the port defaulting to the
+/// scheme's. `None` for a port that is empty, not a number or out of range: such a request
+/// goes nowhere this check can vouch for.
+fn host_and_port(authority: &str, https: bool) -> Option<(&str, u16)> {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => {
+            let (address, rest) = v6.split_once(']')?;
+            (&host_port[..address.len() + 2], rest)
+        }
+        None => match host_port.find(':') {
+            Some(i) => (&host_port[..i], &host_port[i..]),
+            None => (host_port, ""),
+        },
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port.strip_prefix(':') {
+        None if port.is_empty() => {
+            if https {
+                443
+            } else {
+                80
+            }
+        }
+        Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            digits.parse::<u16>().ok()?
+        }
+        _ => return None,
+    };
+    Some((host, port))
+}
+
+impl Origins {
+    /// Whether a token may be attached to this request: its URI names an allowed origin
+    /// exactly, and a `Host` header, if present, names the same origin. A URI without scheme
+    /// and host (a path only) never matches a list: where it goes is not known here.
+    #[inline]
+    pub(crate) fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), Refused> {
+        let target = Target::of(uri);
+        match (self, target) {
+            // Anywhere, but a request that says two things about where it goes is refused.
+            (Origins::Any, Some(target)) => check_host_header(&target, headers),
+            (Origins::Any, None) if uri.authority().is_none() => Ok(()),
+            (Origins::List(list), Some(target)) if list.iter().any(|o| o.is(&target)) => {
+                check_host_header(&target, headers)
+            }
+            (Origins::List(_) | Origins::Any, _) => Err(Refused::Origin),
+        }
+    }
+}
+
+/// HTTP/1 servers route by the `Host` header, not by the address the client connected to: a
+/// token must not ride a request whose `Host` names another origin.
 #[inline]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+fn check_host_header(target: &Target<'_>, headers: &HeaderMap) -> Result<(), Refused> {
+    let mut values = headers.get_all(HOST).iter();
+    let Some(value) = values.next() else {
+        return Ok(());
+    };
+    if values.next().is_some() {
+        return Err(Refused::HostHeader);
     }
-    if a.len() < 8 || a.len() > 64 {
-        return a == b;
+    let text = value.to_str().map_err(|_| Refused::HostHeader)?;
+    if text.contains('@') {
+        return Err(Refused::HostHeader);
     }
-    let last = |s: &[u8]| s.last_chunk::<8>().copied();
-    let (a_chunks, _) = a.as_chunks::<8>();
-    let (b_chunks, _) = b.as_chunks::<8>();
-    a_chunks.iter().zip(b_chunks).all(|(x, y)| x == y) && last(a) == last(b)
+    match host_and_port(text, target.https) {
+        Some((host, port)) if port == target.port && host.eq_ignore_ascii_case(target.host) => {
+            Ok(())
+        }
+        _ => Err(Refused::HostHeader),
+    }
+}
+
+/// The scheme and authority of `uri`, for a log line: never its path or query, which may hold
+/// anything.
+pub(crate) fn describe(uri: &Uri) -> String {
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => {
+            let host_port = authority
+                .as_str()
+                .rsplit_once('@')
+                .map_or(authority.as_str(), |(_, hp)| hp);
+            format!("{scheme}://{host_port}")
+        }
+        _ => "(a URI without scheme and host)".to_owned(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
+
+    fn list(origins: &[&str]) -> Origins {
+        Origins::List(origins.iter().map(|o| Origin::parse(o).unwrap()).collect())
+    }
 
     fn allows(origins: &[&str], uri: &str) -> bool {
-        let list = origins.iter().map(|o| Origin::parse(o).unwrap()).collect();
-        Origins::list(list).allows(&uri.parse().unwrap())
+        list(origins)
+            .check(&uri.parse().unwrap(), &HeaderMap::new())
+            .is_ok()
     }
 
     #[test]
@@ -119,51 +206,69 @@ mod tests {
         let api = ["https://api.example.com"];
         assert!(allows(&api, "https://api.example.com/v1/x?y=1"));
         assert!(allows(&api, "https://API.example.com:443/"));
-        assert!(
-            allows(&api, "HTTPS://api.example.com/"),
-            "schemes ignore case"
-        );
+        assert!(allows(&api, "HTTPS://api.example.com/"), "schemes ignore case");
         assert!(!allows(&api, "HTTP://api.example.com/"));
         assert!(!allows(&api, "http://api.example.com/"), "scheme differs");
-        assert!(
-            !allows(&api, "https://api.example.com:8443/"),
-            "port differs"
-        );
-        assert!(
-            !allows(&api, "https://api.example.com.evil.net/"),
-            "suffix attack"
-        );
+        assert!(!allows(&api, "https://api.example.com:8443/"), "port differs");
+        assert!(!allows(&api, "https://api.example.com.evil.net/"), "suffix attack");
         assert!(!allows(&api, "https://evil.net/api.example.com"));
         assert!(!allows(&api, "/relative/path"));
-        assert!(allows(
-            &["http://127.0.0.1:8080/"],
-            "http://127.0.0.1:8080/x"
-        ));
+        assert!(allows(&["http://127.0.0.1:8080/"], "http://127.0.0.1:8080/x"));
+        assert!(allows(&["http://[::1]:8080"], "http://[::1]:8080/x"));
+        assert!(!allows(&["http://[::1]:8080"], "http://[::2]:8080/x"));
     }
 
     #[test]
-    fn same_bytes_is_equality() {
-        let texts = [
-            "",
-            "a",
-            "b",
-            "1234567",
-            "12345678",
-            "12345679",
-            "127.0.0.1:8080",
-            "127.0.0.1:8081",
-            "227.0.0.1:8080",
-            "api.example.com",
-            "api.example.con",
-            "bpi.example.com",
-        ];
-        for a in texts {
-            for b in texts {
-                assert_eq!(same_bytes(a.as_bytes(), b.as_bytes()), a == b, "{a} vs {b}");
+    fn a_port_that_cannot_be_read_is_not_the_default_port() {
+        let api = ["https://api.example.com"];
+        for odd in [
+            "https://api.example.com:99999/",
+            "https://api.example.com:65979/",
+            "https://api.example.com:/",
+            "https://api.example.com:44a/",
+            "https://api.example.com:-443/",
+        ] {
+            // Some of these the URI parser refuses already; the rest the check refuses.
+            if let Ok(uri) = odd.parse::<Uri>() {
+                assert!(
+                    list(&api).check(&uri, &HeaderMap::new()).is_err(),
+                    "{odd} must get no token"
+                );
             }
         }
-        let long = "x".repeat(100);
-        assert!(same_bytes(long.as_bytes(), long.as_bytes()));
+        assert!(allows(&api, "https://api.example.com:0443/"), "leading zeros are a number");
+    }
+
+    #[test]
+    fn a_host_header_must_name_the_same_origin() {
+        let api = list(&["https://api.example.com"]);
+        let uri: Uri = "https://api.example.com/x".parse().unwrap();
+        let host = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.append(HOST, HeaderValue::from_str(value).unwrap());
+            headers
+        };
+        assert!(api.check(&uri, &host("api.example.com")).is_ok());
+        assert!(api.check(&uri, &host("API.example.com:443")).is_ok());
+        for other in [
+            "evil.example.com",
+            "api.example.com:8443",
+            "api.example.com:99999",
+            "user@api.example.com",
+            "",
+        ] {
+            assert_eq!(
+                api.check(&uri, &host(other)),
+                Err(Refused::HostHeader),
+                "{other:?}"
+            );
+        }
+        let mut two = host("api.example.com");
+        two.append(HOST, HeaderValue::from_static("evil.example.com"));
+        assert_eq!(api.check(&uri, &two), Err(Refused::HostHeader));
+        // Even "any origin" refuses a request that names two.
+        assert_eq!(Origins::Any.check(&uri, &host("evil.example.com")), Err(Refused::HostHeader));
+        assert!(Origins::Any.check(&"/path".parse().unwrap(), &HeaderMap::new()).is_ok());
     }
 
     #[test]
@@ -174,8 +279,17 @@ mod tests {
             "https://x/path",
             "https://u:p@x",
             "https://x/?q",
+            "https://x:99999",
         ] {
             assert!(matches!(Origin::parse(bad), Err(Error::Config(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn descriptions_show_no_path_or_user_info() {
+        assert_eq!(
+            describe(&"https://u:p@api.example.com:8443/secret?q=1".parse().unwrap()),
+            "https://api.example.com:8443"
+        );
     }
 }

@@ -1,286 +1,69 @@
 use std::fmt;
-use std::future::Future;
 use std::mem;
-use std::num::NonZeroU64;
-use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request};
-use http_body::Body;
+use http::header::{AUTHORIZATION, Entry as HeaderEntry};
+use http::{Extensions, Request, Response};
 use tokenwarden_core::{BoxError, TokenParams};
 use tower_service::Service;
 
-use super::capture::Captured;
-use super::future::{ResponseFuture, Watch};
-use super::origin::Origins;
-use super::registry::ReplaySource;
-use crate::manager::{ClientEntry, DefaultTokenCache};
-use crate::{Error, TokenManager};
+use super::future::{Prepare, ResponseFuture, Token, Watch};
+use super::origin::{Origins, Refused, describe};
+use super::replay::{Buffered, Kept, ReplayPolicy, RequestCopy};
+use crate::TokenManager;
+use crate::manager::NamedClient;
 
-/// A future resolving to an `Authorization` value and the id of the token in it.
-pub(crate) type HeaderFuture =
-    Pin<Box<dyn Future<Output = Result<(HeaderValue, u64), Error>> + Send>>;
-
-/// The layer's configuration, shared by the layer, its services and (for a 401) their response
-/// futures. Read on every request and written never, so sharing it costs no contention.
-pub(crate) struct Shared {
-    /// This configuration's key in the [registry](super::registry).
-    pub(crate) id: u64,
+/// A layer's configuration: read by every request, written never.
+pub(crate) struct Config {
     pub(crate) manager: TokenManager,
-    pub(crate) client: Arc<ClientEntry>,
+    pub(crate) client: Arc<NamedClient>,
     pub(crate) origins: Origins,
-    pub(crate) max_replay_bytes: usize,
-    pub(crate) replay: bool,
 }
 
-impl Drop for Shared {
-    fn drop(&mut self) {
-        super::registry::forget(self.id);
+/// What a service shares with the response futures of its requests: the layer's configuration
+/// and a clone of the inner service to replay requests with after a 401, made the first time a
+/// request is kept.
+///
+/// One per service clone, not one for all: a response future holds a reference, and a count
+/// that every request on every core wrote would cost throughput on many cores.
+pub(crate) struct Shared<S> {
+    pub(crate) config: Arc<Config>,
+    replay_with: OnceLock<Mutex<S>>,
+}
+
+impl<S: Clone> Shared<S> {
+    /// A clone of the service kept for replays, if a request was ever kept.
+    pub(crate) fn replay_service(&self) -> Option<S> {
+        let kept = self.replay_with.get()?;
+        Some(kept.lock().unwrap_or_else(PoisonError::into_inner).clone())
     }
 }
 
-/// The middleware built by [`AccessTokenLayer`](super::AccessTokenLayer).
+/// The middleware built by [`AccessTokenLayer`](super::AccessTokenLayer): attaches tokens to
+/// requests for allowed origins, and replays a request once after a 401 if the replay policy
+/// `P` kept it.
 ///
-/// With replay on, it keeps one clone of the inner service (made when the layer is applied and
-/// shared by this service's clones) to replay requests with after a 401, so no request clones
-/// the inner service.
-///
-/// A clone of it clones the inner service and one `Arc`: callers that clone a service for every
-/// request (`svc.clone().oneshot(request)`) write one shared reference count a request.
-pub struct AccessTokenService<S> {
+/// Cloning it clones the inner service and allocates the small state its response futures
+/// share.
+pub struct AccessTokenService<S, P = Buffered> {
     inner: S,
-    applied: Arc<Applied<S>>,
-    /// The service made by the layer keeps its own view of the default token, so the requests
-    /// it sends skip even a thread-local lookup; its clones start without one and read this
-    /// thread's (see [`local_tokens`]), so that cloning writes no count of the token's.
-    token: Option<LocalToken>,
+    shared: Arc<Shared<S>>,
+    replay: P,
 }
 
-/// A cached token's header: the service's own (cloned where it goes into the request; see
-/// [`LocalToken::current`]) or a clone of this thread's.
-enum Cached<'a> {
-    Service(&'a HeaderValue),
-    Thread(HeaderValue),
-}
-
-impl Cached<'_> {
-    fn into_owned(self) -> HeaderValue {
-        match self {
-            Cached::Service(header) => header.clone(),
-            Cached::Thread(header) => header,
-        }
-    }
-}
-
-/// One service's view of its client's default token, and its own copy of the token's header.
-struct LocalToken {
-    entries: DefaultTokenCache,
-    header: Option<(u64, HeaderValue)>,
-}
-
-impl LocalToken {
-    /// The default token's header and id, if a usable token is cached.
-    ///
-    /// A reference, cloned only where the header goes into the request: a `HeaderValue` moved
-    /// through the stack is read back with wider loads than the byte of its `is_sensitive`
-    /// flag was written with, and that read stalls on a failed store-to-load forward (about
-    /// 7 ns a request in one memory layout profiled with perf).
-    #[inline]
-    fn current(&mut self, hot: &Hot) -> Option<(&HeaderValue, u64)> {
-        let entry = hot.manager.usable_default(&hot.client, &mut self.entries)?;
-        let id = entry.id;
-        if !matches!(&self.header, Some((cached, _)) if *cached == id) {
-            self.header = Some((id, local_tokens::copy(&entry.header)));
-        }
-        self.header.as_ref().map(|(_, header)| (header, id))
-    }
-}
-
-/// What every clone of one applied layer shares, behind one `Arc`.
-///
-/// Aligned to a cache line so that the `Arc`'s reference counts, which every clone and drop of
-/// the service writes, share no line with the fields every request reads.
-#[repr(align(64))]
-struct Applied<S> {
-    /// What the hot path reads of the configuration, copied here when the layer is applied so
-    /// that it is one pointer away, not two.
-    hot: Hot,
-    shared: Arc<Shared>,
-    /// With replay on: the clone to replay with, found by its id after a 401.
-    replay: Option<Arc<ReplaySource<S>>>,
-    /// `replay`'s id, read on the hot path without following that pointer.
-    replay_id: Option<NonZeroU64>,
-    /// Where this thread's view of the client's default token is kept (see [`local_tokens`]).
-    token_key: usize,
-}
-
-impl<S: Clone> Clone for AccessTokenService<S> {
-    fn clone(&self) -> Self {
-        AccessTokenService {
-            inner: self.inner.clone(),
-            applied: self.applied.clone(),
-            token: None,
-        }
-    }
-}
-
-impl<S: fmt::Debug> fmt::Debug for AccessTokenService<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AccessTokenService")
-            .field("inner", &self.inner)
-            .field("client", &self.applied.shared.client.name)
-            .finish()
-    }
-}
-
-/// The part of [`Shared`] every request reads.
-struct Hot {
-    layer: u64,
-    manager: TokenManager,
-    client: Arc<ClientEntry>,
-    origins: Origins,
-    /// With replay on, the largest body buffered for a replay; `None` with replay off.
-    replay_limit: Option<u64>,
-}
-
-/// Each thread's view of the default tokens its layers send, and its own copy of each token's
-/// header.
-///
-/// Per thread, not per service, so that a service holds nothing here and its clones cost
-/// nothing: callers often clone a service for every request, and a per-service view would hold
-/// `Arc`s of the token, whose counts every clone and drop on every core would write.
-///
-/// Every request carries a clone of the `Authorization` value, and cloning a `HeaderValue` bumps
-/// the reference count of its bytes: with one value for the whole process, that count would be
-/// written by every request on every core (tower-http's static layer does exactly that). Each
-/// thread copies a token's header once and clones its own copy; a count is then written by one
-/// thread's requests (and by whoever drops them).
-mod local_tokens {
-    use std::cell::RefCell;
-
-    use http::HeaderValue;
-
-    use super::Hot;
-    use crate::TokenManager;
-    use crate::manager::DefaultTokenCache;
-
-    /// Default tokens a thread keeps a view of at once: one per client its layers serve,
-    /// commonly. A thread that alternates between more clients than this rebuilds a view (and
-    /// copies a header) on a miss.
-    pub(super) const SLOTS: usize = 8;
-
-    struct Local {
-        /// [`TokenManager::default_token_key`]: unique while `entries` is alive.
-        key: usize,
-        entries: DefaultTokenCache,
-        /// The current token's id and this thread's copy of its header.
-        header: Option<(u64, HeaderValue)>,
-    }
-
-    struct Table {
-        slots: [Option<Local>; SLOTS],
-        next: usize,
-    }
-
-    thread_local! {
-        static TABLE: RefCell<Table> = const {
-            RefCell::new(Table { slots: [const { None }; SLOTS], next: 0 })
-        };
-    }
-
-    /// The default token's header (a clone of this thread's copy) and id, if a usable token is
-    /// cached; `None` also where this thread cannot keep a view (it is shutting down), in which
-    /// case the request takes the slow path.
-    #[inline]
-    pub(super) fn current(hot: &Hot, key: usize) -> Option<(HeaderValue, u64)> {
-        TABLE
-            .try_with(|table| {
-                let mut table = table.try_borrow_mut().ok()?;
-                let table = &mut *table;
-                let index = match table
-                    .slots
-                    .iter()
-                    .position(|s| matches!(s, Some(local) if local.key == key))
-                {
-                    Some(index) => index,
-                    None => table.add(hot, key),
-                };
-                let Local {
-                    entries, header, ..
-                } = table.slots[index].as_mut()?;
-                let entry = hot.manager.usable_default(&hot.client, entries)?;
-                let id = entry.id;
-                if !matches!(header, Some((cached, _)) if *cached == id) {
-                    *header = Some((id, copy(&entry.header)));
-                }
-                header.as_ref().map(|(_, value)| (value.clone(), id))
-            })
-            .ok()
-            .flatten()
-    }
-
-    impl Table {
-        #[cold]
-        #[inline(never)]
-        fn add(&mut self, hot: &Hot, key: usize) -> usize {
-            let index = self.next;
-            self.next = (index + 1) % SLOTS;
-            self.slots[index] = Some(Local {
-                key,
-                entries: TokenManager::default_token_cache(&hot.client),
-                header: None,
-            });
-            index
-        }
-    }
-
-    /// A copy of a token's header: the same bytes in memory of its own.
-    #[cold]
-    #[inline(never)]
-    pub(super) fn copy(header: &HeaderValue) -> HeaderValue {
-        let mut copy =
-            HeaderValue::from_bytes(header.as_bytes()).unwrap_or_else(|_| header.clone());
-        copy.set_sensitive(true);
-        copy
-    }
-}
-
-impl<S: Clone + Send + 'static> AccessTokenService<S> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        let replay = shared
-            .replay
-            .then(|| super::registry::register_service(inner.clone()));
-        let replay_id = replay.as_ref().map(|source| source.id());
-        let token_key = TokenManager::default_token_key(&shared.client);
-        let token = Some(LocalToken {
-            entries: TokenManager::default_token_cache(&shared.client),
-            header: None,
-        });
-        let hot = Hot {
-            layer: shared.id,
-            manager: shared.manager.clone(),
-            client: shared.client.clone(),
-            origins: shared.origins.clone(),
-            replay_limit: shared.replay.then_some(shared.max_replay_bytes as u64),
-        };
+impl<S, P> AccessTokenService<S, P> {
+    pub(crate) fn new(inner: S, config: Arc<Config>, replay: P) -> Self {
         AccessTokenService {
             inner,
-            applied: Arc::new(Applied {
-                hot,
-                shared,
-                replay,
-                replay_id,
-                token_key,
+            shared: Arc::new(Shared {
+                config,
+                replay_with: OnceLock::new(),
             }),
-            token,
+            replay,
         }
     }
-}
 
-impl<S> AccessTokenService<S> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -297,14 +80,43 @@ impl<S> AccessTokenService<S> {
     }
 }
 
-impl<S, B, ResBody> Service<Request<B>> for AccessTokenService<S>
+impl<S: Clone, P: Clone> Clone for AccessTokenService<S, P> {
+    fn clone(&self) -> Self {
+        AccessTokenService::new(
+            self.inner.clone(),
+            self.shared.config.clone(),
+            self.replay.clone(),
+        )
+    }
+}
+
+impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for AccessTokenService<S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessTokenService")
+            .field("inner", &self.inner)
+            .field("client", &self.shared.config.client.name)
+            .field("replay", &self.replay)
+            .finish()
+    }
+}
+
+/// Which token a request asks for, besides the layer's client: what it carries in its
+/// extensions, put there by the caller or the app's own middleware. Today a [`TokenParams`]
+/// (scope, resource, audience, extra parameters, force renewal); `None` asks for the client's
+/// configured token.
+fn wanted(extensions: &Extensions) -> Option<&TokenParams> {
+    extensions
+        .get::<TokenParams>()
+        .filter(|params| params.is_force_renewal() || !params.uses_default_key())
+}
+
+impl<S, P, B, ResBody> Service<Request<B>> for AccessTokenService<S, P>
 where
-    S: Service<Request<B>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
-    B: Body + From<Bytes>,
-    B::Error: Into<BoxError>,
+    P: ReplayPolicy<B>,
 {
-    type Response = http::Response<ResBody>;
+    type Response = Response<ResBody>;
     type Error = BoxError;
     type Future = ResponseFuture<S, B>;
 
@@ -312,354 +124,125 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let applied = &*self.applied;
-        let hot = &applied.hot;
-        if !hot.origins.allows(request.uri()) {
+        let config = &*self.shared.config;
+        if let Err(refused) = config.origins.check(request.uri(), request.headers()) {
+            not_allowed(&refused, &request);
             return ResponseFuture::passthrough(self.inner.call(request));
         }
-        let default_params = request
-            .extensions()
-            .get::<TokenParams>()
-            .is_none_or(|p| !p.is_force_renewal() && p.uses_default_key());
-        let cached = match (default_params, &mut self.token) {
-            (true, Some(token)) => token
-                .current(hot)
-                .map(|(header, id)| (Cached::Service(header), id)),
-            (true, None) => local_tokens::current(hot, applied.token_key)
-                .map(|(header, id)| (Cached::Thread(header), id)),
-            (false, _) => None,
+        let cached = match wanted(request.extensions()) {
+            None => config
+                .manager
+                .cached(&config.client, &config.client.default_slot),
+            Some(_) => None,
         };
-        let Some((header, id)) = cached else {
-            return self.call_slow(request, None);
+        let Some(token) = cached else {
+            return self.call_slow(request);
         };
-        let exact_size = request.body().size_hint().exact();
-        let replayable =
-            matches!((exact_size, hot.replay_limit), (Some(n), Some(limit)) if n <= limit);
-        // An empty body needs no buffering: the replay sends an empty body too.
-        if replayable && exact_size != Some(0) {
-            let header = header.into_owned();
-            return self.call_slow(request, Some((header, id)));
-        }
-        // The hot path: a cached token and nothing to wait for, so the ready inner service is
-        // called right here (in this function, so the request is not moved once more).
-        let replay = match applied.replay_id {
-            Some(id) if replayable => Some((id, Captured::new(&request))),
-            _ => None,
+        // The copy is made before the token goes on the request: the token's bytes are shared
+        // by every request on every core, and a copy that cloned them would write their count.
+        let copy = match self.replay.keep(&mut request) {
+            Kept::Nothing => None,
+            Kept::Body(body) => {
+                self.keep_replay_service();
+                Some(Box::new(RequestCopy::of(&request, body)))
+            }
+            kept @ Kept::Buffering(_) => {
+                let token = Token::Ready { slot: None, token };
+                return self.prepare(request, token, kept);
+            }
         };
-        // One hash lookup in the common case: insert ours, and should the caller have set an
-        // Authorization header of their own, put theirs back and leave the request be.
-        let previous = match header {
-            Cached::Service(header) => request.headers_mut().insert(AUTHORIZATION, header.clone()),
-            Cached::Thread(header) => request.headers_mut().insert(AUTHORIZATION, header),
-        };
-        if let Some(own) = previous {
-            request.headers_mut().insert(AUTHORIZATION, own);
-            return ResponseFuture::passthrough(self.inner.call(request));
+        // One lookup: a request that brings its own Authorization keeps it.
+        match request.headers_mut().entry(AUTHORIZATION) {
+            HeaderEntry::Occupied(_) => return ResponseFuture::passthrough(self.inner.call(request)),
+            HeaderEntry::Vacant(vacant) => {
+                vacant.insert(token.header);
+            }
         }
         let watch = Watch {
-            layer: hot.layer,
-            sent: id,
-            replay,
+            shared: self.shared.clone(),
+            slot: None,
+            id: token.id,
+            on_probation: token.on_probation,
+            copy,
         };
-        ResponseFuture::sending(self.inner.call(request), watch)
+        ResponseFuture::sent(self.inner.call(request), watch)
     }
 }
 
-impl<S: Clone> AccessTokenService<S> {
-    /// Everything else: per-request parameters, no cached token, or a body to buffer first.
+impl<S, P> AccessTokenService<S, P>
+where
+    S: Clone,
+{
+    /// Makes sure a clone of the inner service is kept to replay with (once per service clone).
+    #[inline]
+    fn keep_replay_service(&self) {
+        // A replay makes its clone ready before calling it.
+        self.shared
+            .replay_with
+            .get_or_init(|| Mutex::new(self.inner.clone()));
+    }
+
+    /// A request that must wait before it is sent: for a token that is not cached, or for its
+    /// body to be read.
     #[cold]
     #[inline(never)]
-    fn call_slow<B>(
-        &mut self,
-        request: Request<B>,
-        cached: Option<(HeaderValue, u64)>,
-    ) -> ResponseFuture<S, B>
+    fn call_slow<B, ResBody>(&mut self, mut request: Request<B>) -> ResponseFuture<S, B>
     where
-        S: Service<Request<B>>,
-        B: Body,
+        S: Service<Request<B>, Response = Response<ResBody>>,
+        P: ReplayPolicy<B>,
     {
-        let shared = &self.applied.shared;
-        let params = request
-            .extensions()
-            .get::<TokenParams>()
-            .filter(|p| p.is_force_renewal() || !p.uses_default_key())
-            .map(|p| Box::new(p.clone()));
         if request.headers().contains_key(AUTHORIZATION) {
             return ResponseFuture::passthrough(self.inner.call(request));
         }
-        let exact_size = request.body().size_hint().exact();
-        let replayable =
-            shared.replay && exact_size.is_some_and(|n| n <= shared.max_replay_bytes as u64);
-        let buffered = exact_size == Some(0);
-        // The ready service goes into the future, which first waits for a token or a body;
-        // `self` keeps a clone that will be made ready again.
+        let config = self.shared.config.clone();
+        let params = wanted(request.extensions()).cloned().unwrap_or_default();
+        let token = Token::Pending(Box::pin(async move {
+            let slot = config.manager.slot_for(&config.client, &params);
+            let entry = config
+                .manager
+                .entry(&config.client, &slot, params.is_force_renewal())
+                .await?;
+            Ok((slot, entry))
+        }));
+        let kept = self.replay.keep(&mut request);
+        self.prepare(request, token, kept)
+    }
+
+    fn prepare<B>(&mut self, request: Request<B>, token: Token, kept: Kept<B>) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        if matches!(kept, Kept::Body(_) | Kept::Buffering(_)) {
+            self.keep_replay_service();
+        }
+        // The ready service goes into the future; this one keeps a clone to make ready again.
         let clone = self.inner.clone();
         let ready = mem::replace(&mut self.inner, clone);
-        // A replay takes its service from the replay source, after a 401.
-        let replay_source = self.applied.replay.as_ref().filter(|_| replayable).cloned();
-        if !buffered && let Some(source) = replay_source {
-            return ResponseFuture::collecting(
-                request,
-                ready,
-                source,
-                shared.clone(),
-                cached,
-                params,
-            );
-        }
-        let replay = replay_source.map(|source| (source, Captured::new(&request)));
-        let token = acquire_header(shared.clone(), params.as_deref().cloned());
-        ResponseFuture::awaiting_token(request, ready, shared.clone(), replay, token, params)
+        ResponseFuture::preparing(Prepare {
+            token,
+            kept,
+            request: Some(request),
+            service: Some(ready),
+            shared: self.shared.clone(),
+        })
     }
 }
 
-pub(crate) fn set_authorization<B>(request: &mut Request<B>, header: HeaderValue) {
-    request.headers_mut().insert(AUTHORIZATION, header);
-}
-
-/// The token for the first send when none was cached.
-pub(crate) fn acquire_header(shared: Arc<Shared>, params: Option<TokenParams>) -> HeaderFuture {
-    Box::pin(async move {
-        let params = params.unwrap_or_default();
-        let manager = &shared.manager;
-        let slot = manager.slot_for(&shared.client, &params);
-        let entry = manager
-            .entry(&shared.client, &slot, params.is_force_renewal())
-            .await?;
-        Ok((entry.header.clone(), entry.id))
-    })
-}
-
-/// After a 401: invalidate the token that was sent (only if it is still cached), then get the
-/// current one; a burst of 401s for one token costs one renewal.
-pub(crate) fn renew_after_rejection(
-    shared: Arc<Shared>,
-    params: Option<TokenParams>,
-    sent: u64,
-) -> HeaderFuture {
-    Box::pin(async move {
-        let params = params
-            .map(|p| p.without_force_renewal())
-            .unwrap_or_default();
-        let manager = &shared.manager;
-        let slot = manager.slot_for(&shared.client, &params);
-        manager.invalidate_if(&slot, |e| e.id == sent).await;
-        let entry = manager.entry(&shared.client, &slot, false).await?;
-        Ok((entry.header.clone(), entry.id))
-    })
-}
-
-/// After a 401 to a request that cannot be replayed: only invalidate the token.
-pub(crate) fn invalidate_rejected(
-    shared: Arc<Shared>,
-    params: Option<TokenParams>,
-    sent: u64,
-) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(async move {
-        let params = params.unwrap_or_default();
-        let manager = &shared.manager;
-        let slot = manager.slot_for(&shared.client, &params);
-        manager.invalidate_if(&slot, |e| e.id == sent).await;
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use std::convert::Infallible;
-    use std::sync::Mutex;
-
-    use http_body_util::Full;
-    use tokenwarden_testkit::TestServer;
-    use tower::Service;
-
-    use crate::{AccessTokenLayer, ClientCredentials};
-
-    use super::*;
-
-    /// Sends one request through a clone of `service` on this thread, without an executor (the
-    /// token is cached), and returns where the sent Authorization value's bytes live.
-    fn send_on_this_thread<S>(service: &S, seen: &Mutex<Vec<(usize, HeaderValue)>>) -> usize
-    where
-        S: Service<Request<Full<Bytes>>, Error = BoxError> + Clone,
-    {
-        let mut service = service.clone();
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(service.poll_ready(&mut cx).is_ready());
-        let request = Request::get("http://api.test/x")
-            .body(Full::default())
-            .unwrap();
-        let mut future = std::pin::pin!(service.call(request));
-        assert!(
-            future.as_mut().poll(&mut cx).is_ready(),
-            "the token was cached"
-        );
-        seen.lock().unwrap().last().unwrap().0
-    }
-
-    #[tokio::test]
-    async fn each_thread_sends_its_own_copy_of_the_header() {
-        let server = TestServer::builder()
-            .client("c", "s")
-            .start()
-            .await
-            .unwrap();
-        let client = ClientCredentials::builder(&server.token_endpoint(), "c")
-            .client_secret("s")
-            .build()
-            .unwrap();
-        let manager = TokenManager::builder().client("c", client).build().unwrap();
-        manager.token("c").await.unwrap();
-        let layer = AccessTokenLayer::builder(&manager, "c")
-            .allow_any_origin()
-            .build()
-            .unwrap();
-        // Where each sent Authorization value's bytes live.
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
-        let inner = tower::service_fn(move |request: Request<Full<Bytes>>| {
-            let value = &request.headers()[AUTHORIZATION];
-            record
-                .lock()
-                .unwrap()
-                .push((value.as_bytes().as_ptr() as usize, value.clone()));
-            async { Ok::<_, Infallible>(http::Response::new(Full::<Bytes>::default())) }
-        });
-        let service = tower::Layer::layer(&layer, inner);
-        // Clones for each request, as callers of a hyper client often do.
-        let here = [
-            send_on_this_thread(&service, &seen),
-            send_on_this_thread(&service, &seen),
-        ];
-        let there = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    [
-                        send_on_this_thread(&service, &seen),
-                        send_on_this_thread(&service, &seen),
-                    ]
-                })
-                .join()
-                .unwrap()
-        });
-        let seen = seen.lock().unwrap();
-        assert!(
-            seen.iter().all(|(_, v)| *v == seen[0].1),
-            "the same token each time"
-        );
-        assert!(seen.iter().all(|(_, v)| v.is_sensitive()));
-        assert_eq!(
-            here[0], here[1],
-            "one thread reuses its copy, across clones"
-        );
-        assert_eq!(
-            there[0], there[1],
-            "one thread reuses its copy, across clones"
-        );
-        assert_ne!(
-            here[0], there[0],
-            "two threads never share the bytes (and their reference count)"
-        );
-        assert_eq!(server.token_requests("c"), 1);
-    }
-
-    /// More clients on one thread than its table of token views holds: every request still
-    /// carries its own client's token, no client asks for a second token, and while a thread
-    /// sends for no more clients than the table holds, it reuses its copy of each header.
-    #[tokio::test]
-    async fn a_thread_sends_the_right_token_for_more_clients_than_its_table_holds() {
-        let clients = local_tokens::SLOTS + 3;
-        let names: Vec<String> = (0..clients).map(|i| format!("c{i}")).collect();
-        let mut server = TestServer::builder();
-        for name in &names {
-            server = server.client(name, "s");
-        }
-        let server = server.start().await.unwrap();
-        let mut manager = TokenManager::builder();
-        for name in &names {
-            let client = ClientCredentials::builder(&server.token_endpoint(), name)
-                .client_secret("s")
-                .build()
-                .unwrap();
-            manager = manager.client(name, client);
-        }
-        let manager = manager.build().unwrap();
-        let mut expected = Vec::new();
-        for name in &names {
-            let token = manager.token(name).await.unwrap();
-            expected.push(format!("Bearer {}", token.expose_secret()));
-        }
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let services: Vec<_> = names
-            .iter()
-            .map(|name| {
-                let layer = AccessTokenLayer::builder(&manager, name)
-                    .allow_any_origin()
-                    .build()
-                    .unwrap();
-                let record = seen.clone();
-                let inner = tower::service_fn(move |request: Request<Full<Bytes>>| {
-                    let value = &request.headers()[AUTHORIZATION];
-                    record
-                        .lock()
-                        .unwrap()
-                        .push((value.as_bytes().as_ptr() as usize, value.clone()));
-                    async { Ok::<_, Infallible>(http::Response::new(Full::<Bytes>::default())) }
-                });
-                tower::Layer::layer(&layer, inner)
-            })
-            .collect();
-        let sent = |clients: usize, rounds: usize| {
-            let mut sent = Vec::new();
-            for _ in 0..rounds {
-                for (i, service) in services.iter().enumerate().take(clients) {
-                    let at = send_on_this_thread(service, &seen);
-                    let value = seen.lock().unwrap().last().unwrap().1.clone();
-                    assert_eq!(value, expected[i].as_str(), "client {i}");
-                    assert!(value.is_sensitive());
-                    sent.push((i, at));
-                }
-            }
-            sent
-        };
-        // Round robin over more clients than slots: every view is rebuilt, every token right.
-        sent(clients, 3);
-        // Within the table's size, once every view is in it again (a pass over the clients can
-        // evict a view it comes to later), each client's header is one copy, reused.
-        sent(local_tokens::SLOTS, 2);
-        let (first, second) = (sent(local_tokens::SLOTS, 1), sent(local_tokens::SLOTS, 1));
-        assert_eq!(first, second, "each client reuses this thread's copy");
-        for name in &names {
-            assert_eq!(server.token_requests(name), 1, "{name}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_layer_is_found_by_its_id_until_it_is_dropped() {
-        let client = ClientCredentials::builder("http://127.0.0.1:9/token", "c")
-            .client_secret("s")
-            .build()
-            .unwrap();
-        let manager = TokenManager::builder().client("c", client).build().unwrap();
-        let layer = AccessTokenLayer::builder(&manager, "c")
-            .allow_any_origin()
-            .build()
-            .unwrap();
-        let service = tower::Layer::layer(
-            &layer,
-            tower::service_fn(|_: Request<Full<Bytes>>| async {
-                Ok::<_, Infallible>(http::Response::new(Full::<Bytes>::default()))
-            }),
-        );
-        let id = service.applied.shared.id;
-        assert!(super::super::registry::find(id).is_some());
-        drop(layer);
-        assert!(
-            super::super::registry::find(id).is_some(),
-            "a service still uses the configuration"
-        );
-        drop(service);
-        assert!(super::super::registry::find(id).is_none());
+/// A request the layer sends without a token: said once, at debug level, with the origin (a
+/// `localhost` vs `127.0.0.1` mistake shows here).
+#[cold]
+#[inline(never)]
+fn not_allowed<B>(refused: &Refused, request: &Request<B>) {
+    let origin = describe(request.uri());
+    match refused {
+        Refused::Origin => tracing::debug!(
+            %origin,
+            "request to an origin the layer does not allow; sent without a token"
+        ),
+        Refused::HostHeader => tracing::debug!(
+            %origin,
+            "request whose Host header names another origin than its URI; sent without a token"
+        ),
     }
 }

@@ -1,0 +1,775 @@
+//! The token manager: named clients, each a [`Source`] of tokens; a slot per cache key in
+//! memory, a shared tier behind it, single-flight, renewal ahead of expiry, retries within a
+//! deadline, and compare-and-invalidate.
+//!
+//! A token is asked for in [`TokenManager::entry`]: the slot's current token if it is usable
+//! (one background renewal when it is due), else [`TokenManager::acquire`]: the slot's
+//! single-flight, around the shared tier, around a fetch from the source with retries.
+
+mod renewal;
+mod shared;
+mod slot;
+mod source;
+mod time;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use http::HeaderValue;
+use tokenwarden_core::{AccessToken, CacheKey, CachedToken, Clock, TokenCache, TokenParams};
+use tokenwarden_oauth::{Grant, OAuthClient};
+use tokio::time::Instant;
+
+pub use renewal::RetryPolicy;
+pub(crate) use slot::{Entry, Slot};
+
+
+use renewal::Timing;
+use shared::{Found, SharedTier};
+use slot::{Freshness, Rejection};
+use source::Source;
+use time::TimeSource;
+
+use crate::Error;
+
+/// After a failed background renewal, the still-valid token is used this long before trying again.
+const RENEWAL_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// The longest duration any setting takes: far beyond any sensible value, and far enough from
+/// overflow that adding it to the current time is always safe.
+const MAX_SETTING: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Obtains, caches and renews access tokens for named clients. Cheap to clone: clones share
+/// everything (clients, caches, in-flight requests).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tokenwarden::{ClientConfig, ClientCredentials, TokenManager, TokenParams};
+///
+/// let idp = ClientConfig::builder("https://idp.example.com/oauth2/token", "billing-svc")
+///     .client_secret(std::env::var("BILLING_SECRET")?)
+///     .build()?;
+/// let manager = TokenManager::builder()
+///     .client("billing", ClientCredentials::new(idp).scope("invoices.read"))
+///     .build()?;
+///
+/// let token = manager.token("billing").await?;            // cached, renewed ahead of expiry
+/// let admin = manager
+///     .token_with("billing", &TokenParams::new().scope("invoices.admin"))
+///     .await?;                                             // its own cache entry
+/// # let _ = (token, admin);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct TokenManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    clients: HashMap<Arc<str>, Arc<NamedClient>>,
+    oauth: OAuthClient,
+    shared: Option<SharedTier>,
+    time: TimeSource,
+    timing: Timing,
+    retry: RetryPolicy,
+    acquire_timeout: Duration,
+    rejection_backoff: Duration,
+    namespace: String,
+    max_cached_tokens: usize,
+    /// Slots for per-request parameters; each client's default slot lives in its `NamedClient`.
+    slots: Mutex<HashMap<CacheKey, Arc<Slot>>>,
+    next_entry_id: AtomicU64,
+    counters: Counters,
+}
+
+/// What a request takes of a token: its `Authorization` value, and what a response to it must
+/// be reported with.
+pub(crate) struct Sendable {
+    pub(crate) header: HeaderValue,
+    pub(crate) id: u64,
+    /// An answer other than 401 is reported with [`TokenManager::accepted`].
+    pub(crate) on_probation: bool,
+}
+
+impl Sendable {
+    #[inline]
+    pub(crate) fn of(entry: &Entry) -> Sendable {
+        Sendable {
+            header: entry.header.clone(),
+            id: entry.id,
+            on_probation: entry.on_probation(),
+        }
+    }
+}
+
+/// A registered client: its name, its source of tokens and the slot of its configured token.
+pub(crate) struct NamedClient {
+    pub(crate) name: Arc<str>,
+    source: Source,
+    grant: Arc<str>,
+    pub(crate) default_slot: Arc<Slot>,
+}
+
+#[derive(Default)]
+struct Counters {
+    token_requests: AtomicU64,
+    shared_hits: AtomicU64,
+    background_renewals: AtomicU64,
+    invalidations: AtomicU64,
+    replays: AtomicU64,
+}
+
+/// Counts of what a [`TokenManager`] did since it was built (all clients together).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Requests sent to token endpoints (each retry counts).
+    pub token_requests: u64,
+    /// Tokens taken from the shared cache instead of the token endpoint.
+    pub shared_cache_hits: u64,
+    /// Renewals started ahead of expiry while callers kept using the current token.
+    pub background_renewals: u64,
+    /// Cached tokens invalidated because a resource server rejected them.
+    pub invalidations: u64,
+    /// Requests the layer replayed with a new token after a 401.
+    pub replays: u64,
+}
+
+/// Builds a [`TokenManager`].
+pub struct TokenManagerBuilder {
+    clients: Vec<(String, Result<Source, tokenwarden_oauth::Error>)>,
+    oauth: Option<OAuthClient>,
+    shared: Option<Arc<dyn TokenCache>>,
+    time: TimeSource,
+    renew_before: Duration,
+    expiry_skew: Duration,
+    retry: RetryPolicy,
+    acquire_timeout: Duration,
+    rejection_backoff: Duration,
+    namespace: String,
+    max_cached_tokens: usize,
+    cache_timeout: Duration,
+    lease_ttl: Duration,
+    lease_wait: Duration,
+}
+
+impl fmt::Debug for TokenManagerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenManagerBuilder")
+            .field(
+                "clients",
+                &self.clients.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("shared_cache", &self.shared)
+            .field("renew_before", &self.renew_before)
+            .field("expiry_skew", &self.expiry_skew)
+            .field("retry", &self.retry)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenManagerBuilder {
+    /// Registers a client under `name`: its tokens come from `grant`
+    /// ([`ClientCredentials`](crate::ClientCredentials), an
+    /// [`ExtensionGrant`](crate::ExtensionGrant), or your own [`Grant`]).
+    pub fn client(mut self, name: &str, grant: impl Grant) -> Self {
+        self.clients.push((name.to_owned(), Source::grant(grant)));
+        self
+    }
+
+    /// The protocol client (and so the HTTP transport) used for token requests; by default
+    /// [`OAuthClient::new`]: hyper-util with rustls.
+    pub fn oauth_client(mut self, oauth: OAuthClient) -> Self {
+        self.oauth = Some(oauth);
+        self
+    }
+
+    /// A cache shared between processes (Redis) or managers, behind the in-memory tier.
+    pub fn shared_cache(mut self, cache: impl TokenCache) -> Self {
+        self.shared = Some(Arc::new(cache));
+        self
+    }
+
+    /// Like [`shared_cache`](Self::shared_cache), for a cache already behind an `Arc`.
+    pub fn shared_cache_arc(mut self, cache: Arc<dyn TokenCache>) -> Self {
+        self.shared = Some(cache);
+        self
+    }
+
+    /// The time source (default: the system clock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.time = TimeSource::Custom(Arc::new(clock));
+        self
+    }
+
+    /// How long before expiry a token is renewed (default 60 s), at most half its lifetime: a
+    /// 60 s token is renewed after 30 s. Callers keep the current token while one renewal runs
+    /// in the background.
+    pub fn renew_before(mut self, buffer: Duration) -> Self {
+        self.renew_before = buffer;
+        self
+    }
+
+    /// How long before expiry a token stops being sent (default 5 s), at most the renew-ahead
+    /// window. Servers truncate a token's `exp` to whole seconds, so a token can die up to a
+    /// second before its `expires_in` says; clocks drift too.
+    pub fn expiry_skew(mut self, skew: Duration) -> Self {
+        self.expiry_skew = skew;
+        self
+    }
+
+    /// How failed token requests are retried.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The longest one token acquisition may take, waits for other callers and replicas,
+    /// retries and `Retry-After` included (default 30 s). A hung token endpoint costs a caller
+    /// no more.
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// How long renewals of a key pause after a token fetched because its predecessor was
+    /// rejected is rejected too (default 5 s). During the pause the token is still sent and
+    /// 401s go back to callers, so an API that rejects every token costs a token request per
+    /// pause, not per request, and requests succeed as soon as it accepts the token again.
+    pub fn rejection_backoff(mut self, backoff: Duration) -> Self {
+        self.rejection_backoff = backoff;
+        self
+    }
+
+    /// The cache key namespace (default `tokenwarden`), to keep applications sharing a Redis apart.
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.to_owned();
+        self
+    }
+
+    /// How many tokens with per-request parameters are kept in memory (default 1,000); each
+    /// client's configured token is always kept.
+    pub fn max_cached_tokens(mut self, max: usize) -> Self {
+        self.max_cached_tokens = max;
+        self
+    }
+
+    /// The longest any shared-cache call may take before it counts as a miss (default 500 ms).
+    pub fn shared_cache_timeout(mut self, timeout: Duration) -> Self {
+        self.cache_timeout = timeout;
+        self
+    }
+
+    /// How long a replica may hold the cross-replica lease to fetch a token (default 30 s, and
+    /// at least the acquire timeout) and how long the others wait for its token before fetching
+    /// their own (default 5 s).
+    pub fn lease(mut self, ttl: Duration, wait: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self.lease_wait = wait;
+        self
+    }
+
+    /// Builds the manager: fails for a client whose grant is misconfigured, a name registered
+    /// twice, a duration that cannot work, or a default HTTP transport that cannot be set up.
+    pub fn build(self) -> Result<TokenManager, Error> {
+        for (setting, value) in [
+            ("renew_before", self.renew_before),
+            ("expiry_skew", self.expiry_skew),
+            ("acquire_timeout", self.acquire_timeout),
+            ("rejection_backoff", self.rejection_backoff),
+            ("shared_cache_timeout", self.cache_timeout),
+            ("the lease TTL", self.lease_ttl),
+            ("the lease wait", self.lease_wait),
+            ("the retry base delay", self.retry.base_delay),
+            ("the retry max delay", self.retry.max_delay),
+            ("max_retry_after", self.retry.max_retry_after),
+        ] {
+            if value > MAX_SETTING {
+                return Err(Error::Config(format!(
+                    "{setting} of {value:?} is too long: at most {MAX_SETTING:?}"
+                )));
+            }
+        }
+        for (setting, value) in [
+            ("acquire_timeout", self.acquire_timeout),
+            ("shared_cache_timeout", self.cache_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::Config(format!("{setting} is zero")));
+            }
+        }
+        let oauth = match self.oauth {
+            Some(oauth) => oauth,
+            None => OAuthClient::new().map_err(|e| {
+                Error::Config(format!("cannot build the default HTTP transport: {e}"))
+            })?,
+        };
+        let mut clients = HashMap::with_capacity(self.clients.len());
+        for (name, source) in self.clients {
+            let source =
+                source.map_err(|e| Error::Config(format!("client `{name}`: {e}")))?;
+            let params = TokenParams::new();
+            let key = source.cache_key(&self.namespace, &name, &params);
+            let name: Arc<str> = name.into();
+            let client = Arc::new(NamedClient {
+                name: name.clone(),
+                grant: source.grant_type().into(),
+                source,
+                default_slot: Arc::new(Slot::new(key, params)),
+            });
+            if clients.insert(name.clone(), client).is_some() {
+                return Err(Error::Config(format!(
+                    "client `{name}` is registered twice"
+                )));
+            }
+        }
+        let shared = self.shared.map(|cache| SharedTier {
+            cache,
+            timeout: self.cache_timeout,
+            // The lease outlives the longest fetch, or a second replica would fetch while the
+            // first still waits.
+            lease_ttl: self.lease_ttl.max(self.acquire_timeout),
+            lease_wait: self.lease_wait,
+        });
+        Ok(TokenManager {
+            inner: Arc::new(Inner {
+                clients,
+                oauth,
+                shared,
+                time: self.time,
+                timing: Timing {
+                    renew_before: self.renew_before,
+                    expiry_skew: self.expiry_skew,
+                },
+                retry: self.retry,
+                acquire_timeout: self.acquire_timeout,
+                rejection_backoff: self.rejection_backoff,
+                namespace: self.namespace,
+                max_cached_tokens: self.max_cached_tokens,
+                slots: Mutex::new(HashMap::new()),
+                next_entry_id: AtomicU64::new(1),
+                counters: Counters::default(),
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for TokenManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&str> = self.inner.clients.keys().map(|n| &**n).collect();
+        names.sort_unstable();
+        f.debug_struct("TokenManager")
+            .field("clients", &names)
+            .field("shared_cache", &self.inner.shared.as_ref().map(|s| &s.cache))
+            .field("metrics", &self.metrics())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenManager {
+    /// Starts building a manager.
+    pub fn builder() -> TokenManagerBuilder {
+        TokenManagerBuilder {
+            clients: Vec::new(),
+            oauth: None,
+            shared: None,
+            time: TimeSource::System,
+            renew_before: Duration::from_secs(60),
+            expiry_skew: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            acquire_timeout: Duration::from_secs(30),
+            rejection_backoff: Duration::from_secs(5),
+            namespace: CacheKey::DEFAULT_NAMESPACE.to_owned(),
+            max_cached_tokens: 1_000,
+            cache_timeout: Duration::from_millis(500),
+            lease_ttl: Duration::from_secs(30),
+            lease_wait: Duration::from_secs(5),
+        }
+    }
+
+    /// A valid token for the client's configured parameters: from memory, else from the shared
+    /// cache, else from the token endpoint (one request however many callers ask at once).
+    pub async fn token(&self, client: &str) -> Result<AccessToken, Error> {
+        self.token_with(client, &TokenParams::new()).await
+    }
+
+    /// A valid token for per-request parameters (force renewal, scope, resource, extra parameters).
+    pub async fn token_with(
+        &self,
+        client: &str,
+        params: &TokenParams,
+    ) -> Result<AccessToken, Error> {
+        let client = self.client(client)?;
+        let slot = self.slot_for(&client, params);
+        let entry = self
+            .entry(&client, &slot, params.is_force_renewal())
+            .await?;
+        Ok(entry.cached.token().clone())
+    }
+
+    /// Compare-and-invalidate: forgets the cached token for these parameters only if it is still
+    /// `token` (the one a resource server rejected), here and in the shared cache. Returns whether
+    /// it did; a burst of callers reporting the same token invalidates it once.
+    pub async fn invalidate(
+        &self,
+        client: &str,
+        params: &TokenParams,
+        token: &AccessToken,
+    ) -> Result<bool, Error> {
+        let client = self.client(client)?;
+        let Some(slot) = self.existing_slot(&client, params) else {
+            return Ok(false);
+        };
+        let Some(entry) = slot.invalidate_if(|e| e.cached.token().secret() == token.secret())
+        else {
+            return Ok(false);
+        };
+        self.invalidated(&slot, &entry).await;
+        Ok(true)
+    }
+
+    /// The cache key a token for `client` and `params` is stored under, here and in the shared
+    /// cache (for inspecting a shared cache, or invalidating from outside).
+    pub fn cache_key(&self, client: &str, params: &TokenParams) -> Result<CacheKey, Error> {
+        let client = self.client(client)?;
+        Ok(client
+            .source
+            .cache_key(&self.inner.namespace, &client.name, params))
+    }
+
+    /// Drops every token held in this process's memory (not the shared cache): the next call
+    /// goes to the shared cache or the token endpoint.
+    pub fn purge_local(&self) {
+        for client in self.inner.clients.values() {
+            client.default_slot.clear();
+        }
+        lock(&self.inner.slots).clear();
+    }
+
+    /// What this manager has done so far.
+    pub fn metrics(&self) -> Metrics {
+        let c = &self.inner.counters;
+        Metrics {
+            token_requests: c.token_requests.load(Ordering::Relaxed),
+            shared_cache_hits: c.shared_hits.load(Ordering::Relaxed),
+            background_renewals: c.background_renewals.load(Ordering::Relaxed),
+            invalidations: c.invalidations.load(Ordering::Relaxed),
+            replays: c.replays.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The names of the registered clients.
+    pub fn client_names(&self) -> impl Iterator<Item = &str> {
+        self.inner.clients.keys().map(|n| &**n)
+    }
+
+    pub(crate) fn client(&self, name: &str) -> Result<Arc<NamedClient>, Error> {
+        self.inner
+            .clients
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownClient {
+                client: name.into(),
+            })
+    }
+
+    fn now(&self) -> SystemTime {
+        self.inner.time.now()
+    }
+
+    pub(crate) fn count_replay(&self) {
+        self.inner.counters.replays.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The hot path: the slot's token if it may be sent, read without locks, allocation or
+    /// writes to memory other threads read. A token due for renewal is still returned while one
+    /// renewal runs in the background.
+    #[inline]
+    pub(crate) fn cached(&self, client: &Arc<NamedClient>, slot: &Arc<Slot>) -> Option<Sendable> {
+        let current = slot.current();
+        let entry = current.as_ref()?;
+        match entry.freshness_coarse(self.inner.time.coarse_nanos()) {
+            Freshness::Fresh => {}
+            Freshness::Due => self.renew_in_background(client, slot),
+            Freshness::Unusable => return None,
+        }
+        Some(Sendable::of(entry))
+    }
+
+    /// The slot of the token `params` ask for.
+    pub(crate) fn slot_for(&self, client: &NamedClient, params: &TokenParams) -> Arc<Slot> {
+        if params.uses_default_key() {
+            return client.default_slot.clone();
+        }
+        let key = client
+            .source
+            .cache_key(&self.inner.namespace, &client.name, params);
+        let mut slots = lock(&self.inner.slots);
+        if let Some(slot) = slots.get(&key) {
+            return slot.clone();
+        }
+        if slots.len() >= self.inner.max_cached_tokens {
+            self.evict(&mut slots);
+        }
+        let slot = Arc::new(Slot::new(key.clone(), params.clone()));
+        if self.inner.max_cached_tokens > 0 {
+            slots.insert(key, slot.clone());
+        }
+        slot
+    }
+
+    fn existing_slot(&self, client: &NamedClient, params: &TokenParams) -> Option<Arc<Slot>> {
+        if params.uses_default_key() {
+            return Some(client.default_slot.clone());
+        }
+        let key = client
+            .source
+            .cache_key(&self.inner.namespace, &client.name, params);
+        lock(&self.inner.slots).get(&key).cloned()
+    }
+
+    /// Keeps the per-request slots within bounds: first drop the ones holding nothing usable that
+    /// nobody is using, then the one due for renewal first.
+    fn evict(&self, slots: &mut HashMap<CacheKey, Arc<Slot>>) {
+        let now = self.now();
+        slots.retain(|_, slot| Arc::strong_count(slot) > 1 || !slot.is_idle(now));
+        while slots.len() >= self.inner.max_cached_tokens.max(1) {
+            let first_due = slots
+                .iter()
+                .min_by_key(|(_, slot)| slot.renew_at())
+                .map(|(k, _)| k.clone());
+            match first_due {
+                Some(key) => {
+                    slots.remove(&key);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// A token of `slot` that may be sent: the current one, unless it is unusable or `force`.
+    pub(crate) async fn entry(
+        &self,
+        client: &Arc<NamedClient>,
+        slot: &Arc<Slot>,
+        force: bool,
+    ) -> Result<Arc<Entry>, Error> {
+        if !force && let Some(entry) = slot.current_full() {
+            match entry.freshness(self.now()) {
+                Freshness::Fresh => return Ok(entry),
+                Freshness::Due => {
+                    self.renew_in_background(client, slot);
+                    return Ok(entry);
+                }
+                Freshness::Unusable => {}
+            }
+        }
+        self.acquire(client, slot, force).await
+    }
+
+    /// A new token for `slot`, one attempt for all callers, within the acquire timeout.
+    async fn acquire(
+        &self,
+        client: &NamedClient,
+        slot: &Slot,
+        force: bool,
+    ) -> Result<Arc<Entry>, Error> {
+        // Without a runtime the timers below would panic; say so instead.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
+        }
+        let timeout = self.inner.acquire_timeout;
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(Instant::now);
+        let attempt = slot.get_or_fetch(force, &self.inner.time, |previous| {
+            self.fetch(client, slot, force, previous, deadline)
+        });
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                tracing::warn!(client = %client.name, ?timeout, "no token within the acquire timeout");
+                Err(Error::Timeout {
+                    client: client.name.clone(),
+                    grant: client.grant.clone(),
+                    timeout,
+                })
+            }
+        }
+    }
+
+    /// The fetch of one attempt: through the shared tier, if there is one.
+    async fn fetch(
+        &self,
+        client: &NamedClient,
+        slot: &Slot,
+        force: bool,
+        previous: Option<Arc<Entry>>,
+        deadline: Instant,
+    ) -> Result<Entry, Error> {
+        let Some(shared) = &self.inner.shared else {
+            return self.fetch_from_source(client, slot, deadline).await;
+        };
+        let rejected = slot.rejected();
+        let accept = |cached: CachedToken| -> Option<Entry> {
+            let secret = cached.token().secret();
+            let stale = !cached.is_fresh(self.now())
+                || rejected.as_deref() == Some(secret)
+                || (force && previous.as_ref().is_some_and(|p| p.cached.token().secret() == secret));
+            if stale {
+                return None;
+            }
+            match self.entry_for(cached) {
+                Ok(entry) => Some(entry),
+                Err(error) => {
+                    tracing::warn!(key = %slot.key, %error, "ignored an invalid token in the shared cache");
+                    None
+                }
+            }
+        };
+        let fetch = || self.fetch_from_source(client, slot, deadline);
+        match shared
+            .get_or_fetch(&slot.key, force, deadline, accept, fetch)
+            .await?
+        {
+            Found::Shared(entry) => {
+                self.inner
+                    .counters
+                    .shared_hits
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(entry)
+            }
+            Found::Fetched(entry) => Ok(entry),
+        }
+    }
+
+    /// A token request to the client's source, retried within `deadline`.
+    async fn fetch_from_source(
+        &self,
+        client: &NamedClient,
+        slot: &Slot,
+        deadline: Instant,
+    ) -> Result<Entry, Error> {
+        let token_error = |source: tokenwarden_oauth::Error| Error::Token {
+            client: client.name.clone(),
+            grant: client.grant.clone(),
+            source: Arc::new(source),
+        };
+        let attempt = || {
+            self.inner
+                .counters
+                .token_requests
+                .fetch_add(1, Ordering::Relaxed);
+            self.now()
+        };
+        let fetched = renewal::fetch(
+            &client.source,
+            &self.inner.oauth,
+            &slot.params,
+            &self.inner.retry,
+            deadline,
+            attempt,
+        )
+        .await;
+        let result = fetched.and_then(|(response, sent_at)| {
+            let cached = self.inner.timing.cached_token(
+                response,
+                sent_at,
+                client.source.default_lifetime(),
+            );
+            self.entry_for(cached)
+        });
+        match result {
+            Ok(entry) => {
+                tracing::debug!(client = %client.name, token = %entry.cached.token().secret().fingerprint(), "token obtained");
+                Ok(entry)
+            }
+            Err(error) => {
+                tracing::warn!(client = %client.name, grant = %client.grant, %error, "token request failed");
+                Err(token_error(error))
+            }
+        }
+    }
+
+    fn entry_for(&self, cached: CachedToken) -> Result<Entry, tokenwarden_oauth::Error> {
+        let usable_until = self.inner.timing.usable_until(&cached);
+        let id = self.inner.next_entry_id.fetch_add(1, Ordering::Relaxed);
+        Entry::new(cached, usable_until, id, &self.inner.time)
+    }
+
+    /// Starts the slot's one background renewal, unless it runs already.
+    #[cold]
+    #[inline(never)]
+    fn renew_in_background(&self, client: &Arc<NamedClient>, slot: &Arc<Slot>) {
+        // No runtime to renew on: the token is renewed on the request path once it expires.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(renewal) = slot.start_renewal(self.now()) else {
+            return;
+        };
+        self.inner
+            .counters
+            .background_renewals
+            .fetch_add(1, Ordering::Relaxed);
+        let (this, client) = (self.clone(), client.clone());
+        // The claim moves into the task: it ends when the renewal does, or when the task is
+        // dropped without running.
+        runtime.spawn(async move {
+            if let Err(error) = this.acquire(&client, renewal.slot(), false).await {
+                tracing::warn!(client = %client.name, %error, "background token renewal failed; the current token stays in use");
+                renewal.retry_after(this.now(), RENEWAL_RETRY_AFTER);
+            }
+        });
+    }
+
+    /// A resource server rejected token `id` of `slot`: compare-and-invalidate it (unless
+    /// renewals of the key are backing off), and, with `replace`, get the token to replay with.
+    /// `None`: keep the 401.
+    pub(crate) async fn rejected(
+        &self,
+        client: &Arc<NamedClient>,
+        slot: &Arc<Slot>,
+        id: u64,
+        replace: bool,
+    ) -> Result<Option<Arc<Entry>>, Error> {
+        match slot.reject(id, self.now(), self.inner.rejection_backoff) {
+            Rejection::BackedOff => return Ok(None),
+            Rejection::Invalidated(entry) => self.invalidated(slot, &entry).await,
+            Rejection::Replaced => {}
+        }
+        if !replace {
+            return Ok(None);
+        }
+        self.entry(client, slot, false).await.map(Some)
+    }
+
+    /// A resource server accepted token `id` of `slot` (after it was fetched because of a
+    /// rejection): a later rejection of it renews at once.
+    #[cold]
+    pub(crate) fn accepted(&self, slot: &Slot, id: u64) {
+        slot.accept(id);
+    }
+
+    /// What follows an invalidation: the count, and the shared copy removed if it is the same token.
+    async fn invalidated(&self, slot: &Slot, entry: &Entry) {
+        self.inner
+            .counters
+            .invalidations
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(key = %slot.key, token = %entry.cached.token().secret().fingerprint(), "invalidated a rejected token");
+        if let Some(shared) = &self.inner.shared {
+            shared.remove_if(&slot.key, entry.cached.token()).await;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded map holds no invariants a panic could break half-way.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
