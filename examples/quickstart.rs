@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokenwarden::{AccessTokenLayer, ClientCredentials, TokenManager};
+use tokenwarden::{AccessTokenLayer, ClientConfig, ClientCredentials, TokenManager};
 use tokenwarden_testkit::TestServer;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -23,14 +23,15 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         .await?;
     println!("test OAuth server and API at {}", server.base_url());
 
-    // Business code configures a client once...
+    // Business code registers its client once (as the authorization server knows it), says
+    // which grant gets its tokens...
+    let idp = ClientConfig::builder(&server.token_endpoint(), "billing")
+        .client_secret("billing-secret")
+        .build()?;
     let manager = TokenManager::builder()
         .client(
             "billing",
-            ClientCredentials::builder(&server.token_endpoint(), "billing")
-                .client_secret("billing-secret")
-                .scope("invoices.read")
-                .build()?,
+            ClientCredentials::new(idp).scope("invoices.read"),
         )
         .build()?;
 

@@ -13,7 +13,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokenwarden::redis::RedisTokenCache;
-use tokenwarden::{AccessTokenLayer, ClientCredentials, TokenManager};
+use tokenwarden::{AccessTokenLayer, ClientConfig, ClientCredentials, TokenManager};
 use tokenwarden_testkit::{RedisServer, TestServer};
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -40,15 +40,13 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
 
     // A namespace of its own, so a shared REDIS_URL never serves an older run's tokens.
     let namespace = format!("tokenwarden-example-{}", std::process::id());
+    let client = ClientConfig::builder(&idp.token_endpoint(), "billing")
+        .client_secret("billing-secret")
+        .build()?;
     let mut replicas = Vec::new();
     for _ in 0..REPLICAS {
         let manager = TokenManager::builder()
-            .client(
-                "billing",
-                ClientCredentials::builder(&idp.token_endpoint(), "billing")
-                    .client_secret("billing-secret")
-                    .build()?,
-            )
+            .client("billing", ClientCredentials::new(client.clone()))
             .namespace(&namespace)
             .shared_cache(RedisTokenCache::builder(&redis_url).build()?)
             .build()?;

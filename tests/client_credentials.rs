@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{CLIENT, manager, manager_builder, server};
-use tokenwarden::{ManualClock, RetryPolicy, TokenParams};
+use common::{CLIENT, chain, manager, manager_builder, server};
+use tokenwarden::{ClientConfig, ClientCredentials, ManualClock, RetryPolicy, TokenParams};
 use tokenwarden_testkit::Failure;
 
 #[tokio::test]
@@ -33,12 +33,13 @@ async fn an_expired_token_is_replaced() {
         .build()
         .unwrap();
     let first = manager.token(CLIENT).await.unwrap();
-    clock.advance(Duration::from_secs(3599));
-    // Past renew_at (expiry - 60 s) the old token is still handed out while one renewal runs.
+    // 3600 s token: renewed from 3540 s (expiry - 60 s), sent until 3595 s (expiry - 5 s).
+    clock.advance(Duration::from_secs(3594));
+    // Past renew_at the old token is still handed out while one renewal runs.
     let during_renewal = manager.token(CLIENT).await.unwrap();
     assert_eq!(during_renewal.secret(), first.secret());
     server.wait_for_token_requests(2).await;
-    clock.advance(Duration::from_secs(2));
+    clock.advance(Duration::from_secs(7));
     // Now the old one is expired: whatever the background renewal did, this is a new token.
     let second = manager.token(CLIENT).await.unwrap();
     assert_ne!(second.secret(), first.secret());
@@ -54,7 +55,9 @@ async fn expiry_without_renew_ahead_window_fetches_on_the_request_path() {
         .build()
         .unwrap();
     let first = manager.token(CLIENT).await.unwrap();
-    clock.advance(Duration::from_secs(3600));
+    // Nobody asked during the renew-ahead window; 5 s (the expiry skew) before its expiry the
+    // token is no longer sent, so this caller waits for a new one.
+    clock.advance(Duration::from_secs(3595));
     let second = manager.token(CLIENT).await.unwrap();
     assert_ne!(second.secret(), first.secret());
     assert_eq!(server.token_requests(CLIENT), 2);
@@ -261,6 +264,7 @@ async fn an_oauth_error_body_becomes_a_typed_error() {
             status,
             error,
             description,
+            retry_after,
         }) => {
             assert_eq!(*status, http::StatusCode::BAD_REQUEST);
             assert_eq!(error, "invalid_scope");
@@ -268,13 +272,18 @@ async fn an_oauth_error_body_becomes_a_typed_error() {
                 description.as_deref(),
                 Some("scope invoices.admin is not allowed")
             );
+            assert_eq!(*retry_after, None);
         }
         other => panic!("expected a token endpoint error, got {other:?}"),
     }
+    // The message says what failed, its source why: together they name both.
     let shown = error.to_string();
+    assert!(shown.contains("billing"), "{shown}");
+    assert!(!shown.contains("invalid_scope"), "not repeated: {shown}");
+    let chain = chain(&error);
     assert!(
-        shown.contains("billing") && shown.contains("invalid_scope"),
-        "{shown}"
+        chain.contains("billing") && chain.contains("invalid_scope"),
+        "{chain}"
     );
 }
 
@@ -284,15 +293,28 @@ async fn wrong_client_secret_is_invalid_client() {
     let manager = tokenwarden::TokenManager::builder()
         .client(
             CLIENT,
-            tokenwarden::ClientCredentials::builder(&server.token_endpoint(), CLIENT)
-                .client_secret("wrong")
-                .build()
-                .unwrap(),
+            ClientCredentials::new(
+                ClientConfig::builder(&server.token_endpoint(), CLIENT)
+                    .client_secret("wrong")
+                    .build()
+                    .unwrap(),
+            ),
         )
         .build()
         .unwrap();
     let error = manager.token(CLIENT).await.unwrap_err();
-    assert!(error.to_string().contains("invalid_client"), "{error}");
+    assert!(
+        matches!(
+            error.oauth_error(),
+            Some(tokenwarden::oauth::Error::TokenEndpoint { error, .. }) if error == "invalid_client"
+        ),
+        "{error:?}"
+    );
+    assert!(
+        chain(&error).contains("invalid_client"),
+        "{}",
+        chain(&error)
+    );
     assert!(
         !format!("{error:?}").contains("wrong"),
         "the secret is never printed"
@@ -305,11 +327,13 @@ async fn client_secret_post_is_used_when_configured() {
     let manager = tokenwarden::TokenManager::builder()
         .client(
             CLIENT,
-            tokenwarden::ClientCredentials::builder(&server.token_endpoint(), CLIENT)
-                .client_secret(common::SECRET)
-                .auth(tokenwarden::ClientAuth::SecretPost)
-                .build()
-                .unwrap(),
+            ClientCredentials::new(
+                ClientConfig::builder(&server.token_endpoint(), CLIENT)
+                    .client_secret(common::SECRET)
+                    .auth(tokenwarden::ClientAuth::SecretPost)
+                    .build()
+                    .unwrap(),
+            ),
         )
         .build()
         .unwrap();
@@ -330,15 +354,13 @@ async fn an_unknown_client_is_an_error() {
 #[test]
 fn cache_key_text_is_stable_across_versions() {
     // Replicas of different versions share Redis entries only while this text stays the same.
-    let client = tokenwarden::ClientCredentials::builder(
-        "https://idp.example.com/oauth2/token",
-        "billing-svc",
-    )
-    .client_secret("s")
-    .scope("invoices.read")
-    .audience("ledger")
-    .build()
-    .unwrap();
+    let idp = ClientConfig::builder("https://idp.example.com/oauth2/token", "billing-svc")
+        .client_secret("s")
+        .build()
+        .unwrap();
+    let client = ClientCredentials::new(idp)
+        .scope("invoices.read")
+        .audience("ledger");
     let manager = tokenwarden::TokenManager::builder()
         .client(CLIENT, client)
         .build()

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{CLIENT, http_client, manager, server};
+use common::{CLIENT, chain, http_client, manager, manager_builder, server};
 use http::{Method, Request, StatusCode, header::AUTHORIZATION};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
@@ -72,16 +72,22 @@ async fn requests_carry_the_token_and_share_it() {
     assert_eq!(server.api_rejections(), 0);
 }
 
-/// With the system clock on a multi-thread runtime the layer reads no clock while a timer
-/// vouches for the token; when the renewal point passes, the timer hands the decision back to
-/// the clock, so the token is renewed ahead of expiry as under a manual clock, and no request
-/// meets a 401.
+/// With the system clock on a multi-thread runtime (the layer's hot path reads the coarse
+/// clock), the token is renewed ahead of expiry in the background as under a manual clock, and
+/// no request meets a 401.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_ahead_of_expiry_happens_on_real_time_too() {
     let server = server().await;
-    // 4 s tokens: renewed 1 s (a quarter of the lifetime) before they expire.
-    server.set_token_lifetime(Duration::from_secs(4));
-    let manager = manager(&server);
+    // 6 s tokens: renewed at half their lifetime (3 s) and, with a 1 s expiry skew, sent until
+    // 5 s. The test server truncates `exp` to whole seconds, so a token dies between 5 s and 6 s
+    // after it was issued: never while this client still sends it. (With the default 5 s skew,
+    // capped by the 3 s renew-ahead window, a token this short would stop being sent the moment
+    // it is due, leaving no time for a background renewal.)
+    server.set_token_lifetime(Duration::from_secs(6));
+    let manager = manager_builder(&server)
+        .expiry_skew(Duration::from_secs(1))
+        .build()
+        .unwrap();
     let client = stack(&manager, &server);
     let send = || {
         let request = Request::get(server.api_url("/invoices"))
@@ -89,8 +95,11 @@ async fn renewal_ahead_of_expiry_happens_on_real_time_too() {
             .unwrap();
         client.clone().oneshot(request)
     };
+    // The token is requested between these two instants.
     let started = tokio::time::Instant::now();
     assert_eq!(send().await.unwrap().status(), StatusCode::OK);
+    let got_token = tokio::time::Instant::now();
+    // Fresh until at least `started + 3 s`: a second of margin.
     while started.elapsed() < Duration::from_millis(2_000) {
         assert_eq!(send().await.unwrap().status(), StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -98,11 +107,12 @@ async fn renewal_ahead_of_expiry_happens_on_real_time_too() {
     assert_eq!(
         server.token_requests(CLIENT),
         1,
-        "renewed before it was due"
+        "not renewed before it was due"
     );
     assert_eq!(manager.metrics().background_renewals, 0);
-    // Past the renewal point (3 s), before expiry (4 s).
-    tokio::time::sleep_until(started + Duration::from_millis(3_200)).await;
+    // Surely past the renewal point (3 s after the request), and about 1.5 s before the token
+    // stops being sent (5 s).
+    tokio::time::sleep_until(got_token + Duration::from_millis(3_400)).await;
     assert_eq!(send().await.unwrap().status(), StatusCode::OK);
     assert_eq!(manager.metrics().background_renewals, 1);
     server.wait_for_token_requests(2).await;
@@ -159,8 +169,10 @@ async fn a_revoked_token_is_replaced_and_the_post_body_replayed() {
     assert_eq!(manager.metrics().replays, 1);
 }
 
+/// The response future keeps what a 401 needs (the layer's configuration and a service to
+/// replay with), so dropping the service while a request is out changes nothing for it.
 #[tokio::test]
-async fn a_401_after_the_service_is_gone_goes_back_as_it_is() {
+async fn a_401_after_the_service_is_gone_is_still_answered_with_a_replay() {
     let server = server().await;
     let manager = manager(&server);
     let mut client = stack(&manager, &server);
@@ -171,12 +183,19 @@ async fn a_401_after_the_service_is_gone_goes_back_as_it_is() {
         .body(Full::default())
         .unwrap();
     let response = client.ready().await.unwrap().call(request);
-    // Nothing built from the layer is left to renew the token with when the 401 arrives.
+    // No service built from the layer is left when the 401 arrives.
     drop(client);
     let response = response.await.unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(server.token_requests(CLIENT), 1, "no renewal was attempted");
-    assert_eq!(manager.metrics().replays, 0);
+    assert_eq!(response.status(), StatusCode::OK, "the replay succeeded");
+    assert_eq!(body_json(response).await["path"], "/api/invoices");
+    assert_eq!(
+        server.token_requests(CLIENT),
+        2,
+        "the warm-up's token, and exactly one renewal"
+    );
+    assert_eq!(server.api_rejections(), 1);
+    assert_eq!(manager.metrics().invalidations, 1);
+    assert_eq!(manager.metrics().replays, 1);
 }
 
 /// An inner service that counts its clones.
@@ -211,7 +230,8 @@ impl<S: Service<R>, R> Service<R> for CountsClones<S> {
 }
 
 /// Replays need a service to send with, but no request pays for one: the layer keeps one clone
-/// of the inner service, made when it is applied, and clones that only for a replay.
+/// of the inner service, made the first time a request is kept, and clones that only for a
+/// replay.
 #[tokio::test]
 async fn the_inner_service_is_cloned_once_per_replay_not_per_request() {
     let server = server().await;
@@ -226,8 +246,8 @@ async fn the_inner_service_is_cloned_once_per_replay_not_per_request() {
         .service(inner);
     assert_eq!(
         clones.load(Ordering::Relaxed),
-        1,
-        "the clone kept for replays"
+        0,
+        "applying the layer clones nothing"
     );
     for round in 0..2 {
         for i in 0..50 {
@@ -259,10 +279,10 @@ async fn the_inner_service_is_cloned_once_per_replay_not_per_request() {
 }
 
 /// Two services from one layer: when one of them (and every clone of it) is gone, its requests
-/// still out have no service to be replayed with, so their 401 goes back, and the token that
-/// was refused is still dropped from the cache for everyone else.
+/// still out are replayed all the same (their futures keep a service to replay with), and the
+/// token that was refused is dropped from the cache for everyone else: one renewal in all.
 #[tokio::test]
-async fn a_401_after_its_service_is_gone_is_returned_but_the_token_invalidated() {
+async fn a_401_after_its_service_is_gone_is_replayed_and_the_token_invalidated_for_all() {
     let server = server().await;
     let manager = manager(&server);
     let layer = layer(&manager, &server);
@@ -279,11 +299,12 @@ async fn a_401_after_its_service_is_gone_is_returned_but_the_token_invalidated()
     let response = gone.ready().await.unwrap().call(request);
     drop(gone);
     let response = response.await.unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(manager.metrics().replays, 0);
+    assert_eq!(response.status(), StatusCode::OK, "the replay succeeded");
+    assert_eq!(manager.metrics().replays, 1);
     assert_eq!(manager.metrics().invalidations, 1);
+    assert_eq!(server.token_requests(CLIENT), 2);
 
-    // The other service gets a new token at once, with no 401 of its own.
+    // The other service uses the renewed token at once, with no 401 of its own.
     let request = Request::get(server.api_url("/invoices"))
         .body(Full::default())
         .unwrap();
@@ -568,7 +589,18 @@ async fn a_token_endpoint_failure_is_an_error_of_the_service() {
     let error = error
         .downcast_ref::<tokenwarden::Error>()
         .expect("a tokenwarden error");
-    assert!(error.to_string().contains("unauthorized_client"), "{error}");
+    assert!(
+        matches!(
+            error.oauth_error(),
+            Some(tokenwarden::oauth::Error::TokenEndpoint { error, .. }) if error == "unauthorized_client"
+        ),
+        "{error:?}"
+    );
+    assert!(
+        chain(error).contains("unauthorized_client"),
+        "{}",
+        chain(error)
+    );
     assert_eq!(server.api_requests(), 0, "nothing is sent without a token");
 }
 

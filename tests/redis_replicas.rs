@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::{CLIENT, SECRET, server};
 use tokenwarden::redis::RedisTokenCache;
 use tokenwarden::{
-    AccessTokenLayer, CacheKey, ClientCredentials, ManualClock, TokenCache, TokenManager,
+    AccessTokenLayer, CacheKey, ClientConfig, ClientCredentials, ManualClock, TokenCache,
+    TokenManager,
 };
 use tokenwarden_testkit::{RedisServer, TestServer};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -200,10 +201,12 @@ async fn replica_process() {
     let manager = TokenManager::builder()
         .client(
             CLIENT,
-            ClientCredentials::builder(&endpoint, CLIENT)
-                .client_secret(SECRET)
-                .build()
-                .unwrap(),
+            ClientCredentials::new(
+                ClientConfig::builder(&endpoint, CLIENT)
+                    .client_secret(SECRET)
+                    .build()
+                    .unwrap(),
+            ),
         )
         .shared_cache(cache.clone())
         .clock(clock.clone())

@@ -8,7 +8,9 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokenwarden::{ClientCredentials, RetryPolicy, TokenManager, TokenManagerBuilder};
+use tokenwarden::{
+    ClientConfig, ClientCredentials, RetryPolicy, TokenManager, TokenManagerBuilder,
+};
 use tokenwarden_testkit::TestServer;
 
 pub const CLIENT: &str = "billing";
@@ -24,11 +26,30 @@ pub async fn server() -> TestServer {
         .expect("test server starts")
 }
 
-pub fn credentials(server: &TestServer) -> ClientCredentials {
-    ClientCredentials::builder(&server.token_endpoint(), CLIENT)
+/// The test server's client as the server knows it: its token endpoint, id and secret.
+pub fn client_config(server: &TestServer) -> ClientConfig {
+    ClientConfig::builder(&server.token_endpoint(), CLIENT)
         .client_secret(SECRET)
         .build()
         .expect("valid client")
+}
+
+/// The client-credentials grant of the test server's client, with the server's default scope.
+pub fn credentials(server: &TestServer) -> ClientCredentials {
+    ClientCredentials::new(client_config(server))
+}
+
+/// An error and every cause below it on one line, as a log line would show it: a
+/// `tokenwarden::Error` says what failed, its `source()` chain says why.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A manager for the test server's client, retries without waiting long.
