@@ -1,343 +1,288 @@
-//! The issue's two ratios measured side by side, interleaved: the layer against tower-http's
-//! `AddAuthorization` with a static value, on a no-op inner service.
+//! The issue's goals in one run, side by side: the layer (default, and without replay) against
+//! tower-http's `AddAuthorization` with the same token as a fixed value.
 //!
 //! `cargo bench -p tokenwarden --bench hot_path_ratio`
 //!
-//! Criterion measures one variant after another, so on a shared VM a drift of the machine's speed
-//! between two measurements shows up as a difference between the variants (the static baseline
-//! alone moved by ±10 % between runs here). This bench alternates short batches of every variant
-//! in rotating order, many rounds, and reports the median of the per-round ratios with the
-//! middle half of them, which a drift cannot bias.
+//! - single-thread: time per request on a no-op inner service, one request at a time;
+//! - 2 workers: throughput of 64 tasks, each with its own service clone, on a 2-worker runtime,
+//!   over the no-op inner service;
+//! - real client: latency over a hyper-util client to the test kit's API on loopback, one
+//!   request at a time, the answer read in full.
 //!
-//! It also keeps each variant's fastest of many short batches, which interference cannot slow.
-//! What neither removes is the process's memory layout: with address randomization every run
-//! places stacks and heap differently, and that alone moved the ratios by ±5 % here (a store and
-//! a later load 4 KiB apart stall each other). So `cargo bench` runs the measurement in
-//! [`LAYOUTS`] processes, one after another, and reports every layout and the median over them.
-//! Within a process, the single-thread loops also run at each of [`PHASES`] stack alignments
-//! in turn (16 bytes apart, a 64-byte cache line in all): moving the loop's frame by 16 bytes
-//! moved the static layer's time by up to 5 % (its request-building copies straddle a cache
-//! line or not), and the fastest-batch figures average each variant over the four.
+//! Every round runs a short batch of each variant, in an order that rotates from round to
+//! round, and takes the ratios within the round; the figure is the median over the rounds. A
+//! drift of the machine's speed then moves the three variants of a round alike, and a batch
+//! that another process slowed moves one round's ratio, which the median ignores. Over the real
+//! client, where a request takes tens of microseconds, the variants take turns request by
+//! request, and a round compares their median latencies. The middle half of the rounds' ratios shows how much they spread; each variant's
+//! fastest round, what it costs undisturbed.
 //!
-//! - single-thread: time per request of the layer / of the static layer (goal ≤ 1.10);
-//! - 2 workers, 64 tasks: throughput of the layer / of the static layer (goal ≥ 0.90).
-//!
-//! `TOKENWARDEN_BENCH_INNER=client cargo bench -p tokenwarden --bench hot_path_ratio` measures the
-//! same over a no-op inner service that carries a hyper-util `Client`, as a layer over a real
-//! client does: what clones the inner service per request then writes counts shared by all.
-//!
-//! `TOKENWARDEN_BENCH_REQUEST=typical` sends a GET with a query and five headers (those a client
-//! sets and those a traced service forwards) instead of the one-header GET: the layer's cost
-//! against the cost of a request as services send them, where the default measures it against
-//! the smallest request there is.
+//! `TOKENWARDEN_BENCH_REQUEST=typical` sends a GET with a query and five headers instead of the
+//! one-header GET: the layer's cost against a request as services send them.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, Uri};
-use http_body_util::Full;
-use tower::{Service, ServiceBuilder};
+use common::{
+    Fixture, Minimal, Shape, Typical, concurrent, http_client, noop, real_client, single_thread,
+};
+use tower::Layer;
 
-use common::{Fixture, Minimal, Shape, Typical, noop, noop_with_client, send_many_of};
-
-const ROUNDS: usize = 41;
-const SINGLE_BATCH: u64 = 20_000;
-const TASKS: u64 = 64;
-const PER_TASK: u64 = 2_000;
-/// The fastest-batch measurement: many short batches, of which each variant's fastest counts.
-const SHORT_ROUNDS: usize = 2_000;
-const SHORT_BATCH: u64 = 1_000;
-/// Stack alignments the single-thread loops run at, 16 bytes apart.
-const PHASES: usize = 4;
-/// Processes (memory layouts) measured by `cargo bench`.
-const LAYOUTS: usize = 8;
-/// Set in the processes this bench starts.
-const CHILD: &str = "TOKENWARDEN_HOT_PATH_RATIO_CHILD";
-/// Selects the inner service: `noop` (the default) or `client` (see [`measure`]).
-const INNER: &str = "TOKENWARDEN_BENCH_INNER";
-/// Selects the request: `minimal` (the default: [`Minimal`]) or `typical` ([`Typical`]).
-const REQUEST: &str = "TOKENWARDEN_BENCH_REQUEST";
-
-/// One process's ratios, layer over static: single-thread time (fastest batches; median of
-/// rounds), then 2-worker throughput (median of rounds); default layer, then replay off.
-struct Figures {
-    fastest: [f64; 2],
-    time: [f64; 2],
-    throughput: [f64; 2],
+/// How much each round measures.
+struct Sizes {
+    rounds: usize,
+    /// Requests per single-thread batch.
+    single: u64,
+    /// Tasks, and requests per task, of a 2-worker batch.
+    tasks: u64,
+    per_task: u64,
+    /// Requests per variant and round over the real client.
+    client: u64,
 }
 
-/// [`single`] with its frame moved down the stack by `phase` × 16 bytes.
-fn single_at<R: Shape, S>(phase: usize, service: &mut S, uri: &Uri, count: u64) -> Duration
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
-    S::Error: std::fmt::Debug,
-{
-    match phase % PHASES {
-        0 => below::<1, _>(|| single::<R, S>(service, uri, count)),
-        1 => below::<17, _>(|| single::<R, S>(service, uri, count)),
-        2 => below::<33, _>(|| single::<R, S>(service, uri, count)),
-        _ => below::<49, _>(|| single::<R, S>(service, uri, count)),
-    }
+/// About 15 seconds on 2 idle cores.
+const BENCH: Sizes = Sizes {
+    rounds: 300,
+    single: 2_000,
+    tasks: 64,
+    per_task: 200,
+    client: 100,
+};
+
+/// `cargo test --benches`: one short round, to see that it runs.
+const SMOKE: Sizes = Sizes {
+    rounds: 1,
+    single: 100,
+    tasks: 4,
+    per_task: 10,
+    client: 5,
+};
+
+const VARIANTS: [&str; 3] = ["static", "default", "no-replay"];
+
+/// What a goal bounds: time (the layer's over the static layer's, at most the bound) or
+/// throughput (at least the bound).
+#[derive(Clone, Copy)]
+enum Goal {
+    TimeAtMost(f64),
+    ThroughputAtLeast(f64),
 }
 
-/// Runs `f` below `N` bytes of this frame (rounded up to 16).
-#[inline(never)]
-fn below<const N: usize, R>(f: impl FnOnce() -> R) -> R {
-    let pad = std::hint::black_box([0u8; N]);
-    let r = f();
-    std::hint::black_box(&pad);
-    r
-}
+/// A round of a measure: given the round's number, the time the static, default and no-replay
+/// variants took for the same work.
+type Round<'a> = Box<dyn FnMut(usize) -> [Duration; 3] + 'a>;
 
-/// Sends `count` requests one at a time, polling each response future once.
-#[inline(never)]
-fn single<R: Shape, S>(service: &mut S, uri: &Uri, count: u64) -> Duration
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
-    S::Error: std::fmt::Debug,
-{
-    let start = Instant::now();
-    send_many_of::<R, S>(service, uri, count);
-    start.elapsed()
-}
-
-/// `TASKS` tasks on the runtime each send `PER_TASK` requests through their own clone.
-fn concurrent<R: Shape, S>(rt: &tokio::runtime::Runtime, service: &S, uri: &Uri) -> Duration
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: std::fmt::Debug,
-{
-    rt.block_on(async {
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..TASKS)
-            .map(|_| {
-                let (mut service, uri) = (service.clone(), uri.to_string().parse::<Uri>().unwrap());
-                tokio::spawn(async move {
-                    for _ in 0..PER_TASK {
-                        std::future::poll_fn(|cx| service.poll_ready(cx))
-                            .await
-                            .unwrap();
-                        std::hint::black_box(service.call(R::request(&uri)).await.unwrap());
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
+/// One batch of each variant, in an order that rotates with the round.
+fn rotating<'a>(mut batches: [Box<dyn FnMut() -> Duration + 'a>; 3]) -> Round<'a> {
+    Box::new(move |round| {
+        let mut times = [Duration::ZERO; 3];
+        for k in 0..3 {
+            let v = (round + k) % 3;
+            times[v] = (batches[v])();
         }
-        start.elapsed()
+        times
     })
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut values = values.to_vec();
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+/// One measure: how a round runs, the goals for the layer variants, and what was found.
+struct Measure<'a> {
+    name: &'static str,
+    /// Requests per variant and round: what a round's time is divided by for the time per
+    /// request.
+    requests: u64,
+    run: Round<'a>,
+    goals: [Goal; 2],
+    /// Per round, each layer variant's time over the static one's.
+    ratios: [Vec<f64>; 2],
+    fastest: [Duration; 3],
 }
 
-/// The median and the middle half of `ratios`.
-fn summary(ratios: &[f64]) -> String {
-    let mut ratios = ratios.to_vec();
-    ratios.sort_by(f64::total_cmp);
-    let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
-    format!(
-        "median {:.3} (middle half {:.3}–{:.3}, all {:.3}–{:.3})",
-        at(0.5),
-        at(0.25),
-        at(0.75),
-        at(0.0),
-        at(1.0)
-    )
+impl<'a> Measure<'a> {
+    fn new(name: &'static str, requests: u64, goals: [Goal; 2], run: Round<'a>) -> Self {
+        Measure {
+            name,
+            requests,
+            run,
+            goals,
+            ratios: [Vec::new(), Vec::new()],
+            fastest: [Duration::MAX; 3],
+        }
+    }
+
+    fn round(&mut self, round: usize) {
+        let times = (self.run)(round);
+        for (fastest, time) in self.fastest.iter_mut().zip(times) {
+            *fastest = (*fastest).min(time);
+        }
+        for layer in 0..2 {
+            let ratio = times[layer + 1].as_secs_f64() / times[0].as_secs_f64();
+            self.ratios[layer].push(ratio);
+        }
+    }
+
+    /// Forgets the rounds so far (the warm-up).
+    fn reset(&mut self) {
+        self.ratios = [Vec::new(), Vec::new()];
+        self.fastest = [Duration::MAX; 3];
+    }
+
+    fn report(&self) {
+        for (layer, goal) in self.goals.iter().enumerate() {
+            // Throughput ratio = static time / layer time, for the same number of requests.
+            let mut ratios: Vec<f64> = match goal {
+                Goal::TimeAtMost(_) => self.ratios[layer].clone(),
+                Goal::ThroughputAtLeast(_) => self.ratios[layer].iter().map(|r| 1.0 / r).collect(),
+            };
+            ratios.sort_by(f64::total_cmp);
+            let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+            let median = at(0.5);
+            let (what, sign, bound, met) = match *goal {
+                Goal::TimeAtMost(bound) => ("time", "≤", bound, median <= bound),
+                Goal::ThroughputAtLeast(bound) => ("throughput", "≥", bound, median >= bound),
+            };
+            println!(
+                "{:<10} {:<13} {:<10} {:>6.3}   {:.3}–{:.3}   {sign} {bound:.2}   {}",
+                VARIANTS[layer + 1],
+                self.name,
+                what,
+                median,
+                at(0.25),
+                at(0.75),
+                if met { "PASS" } else { "MISS" },
+            );
+        }
+    }
+
+    fn report_fastest(&self) {
+        let per_request = |t: Duration| {
+            let ns = t.as_nanos() as f64 / self.requests as f64;
+            if ns >= 10_000.0 {
+                format!("{:.1} µs", ns / 1000.0)
+            } else {
+                format!("{ns:.1} ns")
+            }
+        };
+        println!(
+            "  {:<13} static {}, default {}, no-replay {}",
+            self.name,
+            per_request(self.fastest[0]),
+            per_request(self.fastest[1]),
+            per_request(self.fastest[2]),
+        );
+    }
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: then one short round.
-    let bench = std::env::args().any(|a| a == "--bench");
-    if !bench {
-        measure(1);
-        return;
-    }
-    if std::env::var_os(CHILD).is_some() {
-        let f = measure(ROUNDS);
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not.
+    let sizes = if std::env::args().any(|a| a == "--bench") {
+        BENCH
+    } else {
         println!(
-            "figures {} {} {} {} {} {}",
-            f.fastest[0], f.fastest[1], f.time[0], f.time[1], f.throughput[0], f.throughput[1]
+            "smoke run (no --bench): one short round, to see that it runs; its figures mean nothing"
         );
-        return;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let mut all = Vec::new();
-    let setting = |name: &str, default: &str| std::env::var(name).unwrap_or(default.to_owned());
-    println!(
-        "layer / static, {LAYOUTS} processes (memory layouts); request {}, inner service {}:",
-        setting(REQUEST, "minimal"),
-        setting(INNER, "noop")
-    );
-    println!(
-        "  fastest batches: default, replay off | median of rounds: default, replay off | 2-worker throughput: default, replay off"
-    );
-    for _ in 0..LAYOUTS {
-        let out = std::process::Command::new(&exe)
-            .arg("--bench")
-            .env(CHILD, "1")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "a measuring process failed");
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        let line = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("figures "))
-            .unwrap();
-        let v: Vec<f64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
-        println!(
-            "  {:.3}, {:.3} | {:.3}, {:.3} | {:.3}, {:.3}",
-            v[0], v[1], v[2], v[3], v[4], v[5]
-        );
-        all.push(v);
-    }
-    let column = |i: usize| median(&all.iter().map(|v| v[i]).collect::<Vec<_>>());
-    println!(
-        "median over layouts: single-thread time (fastest batches) default {:.3}, replay off {:.3}; \
-         (median of rounds) default {:.3}, replay off {:.3}; 2-worker throughput default {:.3}, replay off {:.3}",
-        column(0),
-        column(1),
-        column(2),
-        column(3),
-        column(4),
-        column(5)
-    );
-}
-
-/// Measures every variant in this process; prints what it found and returns the ratios.
-/// Measures every variant over the inner service [`INNER`] names: the no-op service, or with
-/// `client` the no-op service carrying a hyper-util `Client` (whose clones share counts).
-fn measure(rounds: usize) -> Figures {
-    let typical = match std::env::var(REQUEST).as_deref() {
-        Ok("typical") => true,
-        Ok("minimal") | Err(_) => false,
-        Ok(other) => panic!("{REQUEST}={other}: expected `minimal` or `typical`"),
+        SMOKE
     };
-    match (std::env::var(INNER).as_deref(), typical) {
-        (Ok("client"), false) => measure_over::<Minimal, _>(rounds, noop_with_client),
-        (Ok("client"), true) => measure_over::<Typical, _>(rounds, noop_with_client),
-        (Ok("noop") | Err(_), false) => measure_over::<Minimal, _>(rounds, noop),
-        (Ok("noop") | Err(_), true) => measure_over::<Typical, _>(rounds, noop),
-        (Ok(other), _) => panic!("{INNER}={other}: expected `noop` or `client`"),
+    match std::env::var("TOKENWARDEN_BENCH_REQUEST").as_deref() {
+        Ok("minimal") | Err(_) => run::<Minimal>("minimal (a GET with one header)", &sizes),
+        Ok("typical") => run::<Typical>("typical (a GET with a query and five headers)", &sizes),
+        Ok(other) => panic!("TOKENWARDEN_BENCH_REQUEST={other}: expected `minimal` or `typical`"),
     }
 }
 
-fn measure_over<R: Shape, S>(rounds: usize, inner: impl Fn() -> S) -> Figures
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: std::fmt::Debug + Send + Sync + std::error::Error + 'static,
-{
+fn run<R: Shape>(request: &str, sizes: &Sizes) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let fixture = Fixture::start(&rt);
+    let fixture = rt.block_on(Fixture::start());
     let uri = R::uri(&fixture.uri);
-    let mut fixed = ServiceBuilder::new()
-        .layer(fixture.static_layer(&rt))
-        .service(inner());
-    let mut default = ServiceBuilder::new()
-        .layer(fixture.layer(&fixture.manager, true))
-        .service(inner());
-    let mut no_replay = ServiceBuilder::new()
-        .layer(fixture.layer(&fixture.manager, false))
-        .service(inner());
+    let static_layer = rt.block_on(fixture.static_layer());
+    let default_layer = fixture.layer(&fixture.manager);
+    let no_replay_layer = fixture.no_replay_layer(&fixture.manager);
+    let rt = &rt;
+    let uri = &uri;
 
-    // Warm-up: caches, branch predictors, the per-thread stash.
-    single::<R, _>(&mut fixed, &uri, SINGLE_BATCH);
-    single::<R, _>(&mut default, &uri, SINGLE_BATCH);
-    single::<R, _>(&mut no_replay, &uri, SINGLE_BATCH);
+    let mut fixed = static_layer.layer(noop());
+    let mut default = default_layer.layer(noop());
+    let mut no_replay = no_replay_layer.layer(noop());
+    let count = sizes.single;
+    let single = Measure::new(
+        "single-thread",
+        count,
+        [Goal::TimeAtMost(1.25), Goal::TimeAtMost(1.10)],
+        rotating([
+            Box::new(move || single_thread::<R, _>(&mut fixed, uri, count)),
+            Box::new(move || single_thread::<R, _>(&mut default, uri, count)),
+            Box::new(move || single_thread::<R, _>(&mut no_replay, uri, count)),
+        ]),
+    );
 
-    let (mut time_default, mut time_no_replay) = (Vec::new(), Vec::new());
-    let (mut throughput_default, mut throughput_no_replay) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
-        // Rotate the order so no variant always runs first or last.
-        let mut t = [Duration::ZERO; 3];
-        for k in 0..3 {
-            let v = (round + k) % 3;
-            t[v] = match v {
-                0 => single_at::<R, _>(round, &mut fixed, &uri, SINGLE_BATCH),
-                1 => single_at::<R, _>(round, &mut default, &uri, SINGLE_BATCH),
-                _ => single_at::<R, _>(round, &mut no_replay, &uri, SINGLE_BATCH),
-            };
-        }
-        time_default.push(t[1].as_secs_f64() / t[0].as_secs_f64());
-        time_no_replay.push(t[2].as_secs_f64() / t[0].as_secs_f64());
-        let mut c = [Duration::ZERO; 3];
-        for k in 0..3 {
-            let v = (round + k) % 3;
-            c[v] = match v {
-                0 => concurrent::<R, _>(&rt, &fixed, &uri),
-                1 => concurrent::<R, _>(&rt, &default, &uri),
-                _ => concurrent::<R, _>(&rt, &no_replay, &uri),
-            };
-        }
-        // Same number of requests each: throughput ratio = static time / layer time.
-        throughput_default.push(c[0].as_secs_f64() / c[1].as_secs_f64());
-        throughput_no_replay.push(c[0].as_secs_f64() / c[2].as_secs_f64());
+    let fixed = static_layer.layer(noop());
+    let default = default_layer.layer(noop());
+    let no_replay = no_replay_layer.layer(noop());
+    let (tasks, per_task) = (sizes.tasks, sizes.per_task);
+    let workers = Measure::new(
+        "2 workers",
+        tasks * per_task,
+        [Goal::ThroughputAtLeast(0.90), Goal::ThroughputAtLeast(0.90)],
+        rotating([
+            Box::new(move || rt.block_on(concurrent::<R, _>(&fixed, uri, tasks, per_task))),
+            Box::new(move || rt.block_on(concurrent::<R, _>(&default, uri, tasks, per_task))),
+            Box::new(move || rt.block_on(concurrent::<R, _>(&no_replay, uri, tasks, per_task))),
+        ]),
+    );
+
+    // One client for all three: the same connection pool, so the same keep-alive connection.
+    let client = http_client();
+    let mut fixed = static_layer.layer(client.clone());
+    let mut default = default_layer.layer(client.clone());
+    let mut no_replay = no_replay_layer.layer(client);
+    let count = sizes.client;
+    // A round's figure is each variant's median latency: per request already.
+    let client = Measure::new(
+        "real client",
+        1,
+        [Goal::TimeAtMost(1.02), Goal::TimeAtMost(1.02)],
+        Box::new(move |round| {
+            let services = (&mut fixed, &mut default, &mut no_replay);
+            rt.block_on(real_client::<R, _, _, _, _, _, _>(
+                services, uri, count, round,
+            ))
+        }),
+    );
+
+    let mut measures = [single, workers, client];
+    // A round to warm up caches, connections and the allocator; not counted.
+    for measure in &mut measures {
+        measure.round(0);
+        measure.reset();
     }
-    // The fastest of many short batches: a batch that another process or an interrupt slowed
-    // down never counts, so this ratio moves least from run to run on a shared machine.
-    let mut fastest_at = [[Duration::MAX; 3]; PHASES];
-    for round in 0..rounds * SHORT_ROUNDS / ROUNDS {
-        let phase = round % PHASES;
-        for k in 0..3 {
-            let v = (round / PHASES + k) % 3;
-            let t = match v {
-                0 => single_at::<R, _>(phase, &mut fixed, &uri, SHORT_BATCH),
-                1 => single_at::<R, _>(phase, &mut default, &uri, SHORT_BATCH),
-                _ => single_at::<R, _>(phase, &mut no_replay, &uri, SHORT_BATCH),
-            };
-            fastest_at[phase][v] = fastest_at[phase][v].min(t);
+    for round in 0..sizes.rounds {
+        for measure in &mut measures {
+            measure.round(round);
         }
     }
-    // Each variant's fastest batch at each alignment, averaged over the alignments.
-    let fastest: [Duration; 3] =
-        std::array::from_fn(|v| fastest_at.iter().map(|f| f[v]).sum::<Duration>() / PHASES as u32);
-    println!("{rounds} rounds, interleaved; layer vs tower-http AddAuthorization (static value)");
-    let per_request = |t: Duration| t.as_nanos() as f64 / SHORT_BATCH as f64;
+
+    println!();
     println!(
-        "single-thread, fastest of {} batches of {SHORT_BATCH} (mean over {PHASES} stack alignments): static {:.1} ns, default layer {:.1} ns ({:.3}), replay off {:.1} ns ({:.3})",
-        rounds * SHORT_ROUNDS / ROUNDS,
-        per_request(fastest[0]),
-        per_request(fastest[1]),
-        fastest[1].as_secs_f64() / fastest[0].as_secs_f64(),
-        per_request(fastest[2]),
-        fastest[2].as_secs_f64() / fastest[0].as_secs_f64(),
+        "tokenwarden layer vs tower-http AddAuthorization (static token): median of {} interleaved rounds",
+        sizes.rounds
     );
+    println!("request: {request}");
+    println!();
     println!(
-        "single-thread time ratio, default layer:    {}",
-        summary(&time_default)
+        "{:<10} {:<13} {:<10} {:>6}   {:<11}   {:<6}   result",
+        "variant", "measure", "ratio of", "median", "middle half", "goal"
     );
-    println!(
-        "single-thread time ratio, replay off:       {}",
-        summary(&time_no_replay)
-    );
-    println!(
-        "2-worker throughput ratio, default layer:   {}",
-        summary(&throughput_default)
-    );
-    let figures = Figures {
-        fastest: [
-            fastest[1].as_secs_f64() / fastest[0].as_secs_f64(),
-            fastest[2].as_secs_f64() / fastest[0].as_secs_f64(),
-        ],
-        time: [median(&time_default), median(&time_no_replay)],
-        throughput: [median(&throughput_default), median(&throughput_no_replay)],
-    };
-    println!(
-        "2-worker throughput ratio, replay off:      {}",
-        summary(&throughput_no_replay)
-    );
-    figures
+    for measure in &measures {
+        measure.report();
+    }
+    println!();
+    println!("per request, fastest round:");
+    for measure in &measures {
+        measure.report_fastest();
+    }
 }

@@ -1,21 +1,27 @@
-//! What every hot-path benchmark sends, to what, and through which layers: the same request to a
-//! no-op service, through the layer or through tower-http's `AddAuthorization` with a fixed value.
+//! What the hot-path benchmarks share: the test server and a manager with its token cached, the
+//! three layers compared (tower-http's `AddAuthorization` with that token as a fixed value, the
+//! default layer, the layer without replay), the requests sent, and how they are sent.
 #![allow(dead_code)] // each benchmark uses its own part of this
 
 use std::convert::Infallible;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, Uri};
-use http_body_util::Full;
+use http::{Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokenwarden::{AccessTokenLayer, ClientCredentials, TokenManager, TokenManagerBuilder};
+use tokenwarden::{
+    AccessTokenLayer, ClientConfig, ClientCredentials, NoReplay, TokenManager, TokenManagerBuilder,
+};
 use tokenwarden_testkit::TestServer;
-use tower::Service;
+use tower::{Service, ServiceExt};
 use tower_http::auth::AddAuthorizationLayer;
 
-/// An inner service that answers at once: the benchmarks measure the middleware alone.
+/// An inner service that answers at once: the in-process measurements see the middleware alone.
 pub(crate) fn noop()
 -> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
 + Clone
@@ -25,39 +31,20 @@ pub(crate) fn noop()
     })
 }
 
-/// Like [`noop`], but carrying a hyper-util `Client` as a layer over a real client does: it still
-/// answers at once, and every clone of it clones the client, whose parts share reference counts
-/// (connector configuration, executor, pool) with every other clone in the process.
-pub(crate) fn noop_with_client()
--> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
-+ Clone
-+ Send {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    tower::service_fn(move |_req: Request<Full<Bytes>>| {
-        std::hint::black_box(&client);
-        async { Ok::<_, Infallible>(Response::new(Full::default())) }
-    })
-}
-
-/// A GET with one header and an empty body, built anew for every request as a caller would.
-pub(crate) fn request(uri: &Uri) -> Request<Full<Bytes>> {
-    Request::builder()
-        .uri(uri.clone())
-        .header("accept", "application/json")
-        .body(Full::default())
-        .unwrap()
+/// A hyper-util client over plain HTTP, keeping its connection to the loopback server alive.
+pub(crate) fn http_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
 }
 
 /// What a measured loop sends: a request built anew each time, as a caller would.
 pub(crate) trait Shape {
-    /// Where requests of this shape go, on the fixture's server at `base`.
+    /// Where requests of this shape go, given the test API's URI `base`.
     fn uri(base: &Uri) -> Uri;
     fn request(uri: &Uri) -> Request<Full<Bytes>>;
 }
 
-/// [`request`]: the smallest request a caller sends, and so the one where the layer's fixed
-/// cost weighs most against the request's own.
+/// A GET with one header and an empty body: the smallest request a caller sends, and so the
+/// one where the layer's fixed cost weighs most against the request's own.
 pub(crate) struct Minimal;
 
 impl Shape for Minimal {
@@ -65,33 +52,28 @@ impl Shape for Minimal {
         base.clone()
     }
 
-    #[inline(always)]
     fn request(uri: &Uri) -> Request<Full<Bytes>> {
-        request(uri)
+        Request::get(uri.clone())
+            .header("accept", "application/json")
+            .body(Full::default())
+            .unwrap()
     }
 }
 
 /// A GET as one service sends another in a traced deployment: a query, the headers a client
 /// sets (accept, accept-encoding, user-agent) and the tracing headers a service forwards
-/// (x-request-id, W3C traceparent). Each header is built from a string, as callers do.
+/// (x-request-id, W3C traceparent).
 pub(crate) struct Typical;
 
 impl Shape for Typical {
-    /// `base` with a path and query a listing call carries.
     fn uri(base: &Uri) -> Uri {
-        let base = base.to_string();
-        format!(
-            "{}/invoices?status=open&page=2&per_page=50",
-            base.trim_end_matches('/')
-        )
-        .parse()
-        .unwrap()
+        format!("{base}/invoices?status=open&page=2&per_page=50")
+            .parse()
+            .unwrap()
     }
 
-    #[inline(always)]
     fn request(uri: &Uri) -> Request<Full<Bytes>> {
-        Request::builder()
-            .uri(uri.clone())
+        Request::get(uri.clone())
             .header("accept", "application/json")
             .header("accept-encoding", "gzip, br")
             .header("user-agent", "billing-worker/1.4.2")
@@ -105,48 +87,129 @@ impl Shape for Typical {
     }
 }
 
-/// Sends `count` requests through `service` one at a time, polling each response once: a cached
-/// token and a no-op inner service never wait, so no executor is involved.
-pub(crate) fn send_many<S>(service: &mut S, uri: &Uri, count: u64)
+/// Sends one request and polls its response future once: with a cached token and a no-op inner
+/// service nothing waits, so no executor is involved.
+#[inline]
+pub(crate) fn send_ready<S>(service: &mut S, request: Request<Full<Bytes>>) -> S::Response
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
+    S: Service<Request<Full<Bytes>>>,
     S::Error: std::fmt::Debug,
 {
-    send_many_of::<Minimal, S>(service, uri, count);
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(service.poll_ready(&mut cx).is_ready());
+    let mut future = std::pin::pin!(service.call(request));
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(response) => response.unwrap(),
+        Poll::Pending => panic!("the hot path waited: the token was not cached"),
+    }
 }
 
-/// [`send_many`] with requests of shape `R`.
-pub(crate) fn send_many_of<R: Shape, S>(service: &mut S, uri: &Uri, count: u64)
+/// Sends `count` requests of shape `R` one at a time (see [`send_ready`]); the time they took.
+pub(crate) fn single_thread<R: Shape, S>(service: &mut S, uri: &Uri, count: u64) -> Duration
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
+    S: Service<Request<Full<Bytes>>>,
     S::Error: std::fmt::Debug,
 {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let start = Instant::now();
     for _ in 0..count {
-        assert!(service.poll_ready(&mut cx).is_ready());
-        let mut future = std::pin::pin!(service.call(R::request(uri)));
-        match future.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(response) => {
-                std::hint::black_box(response.unwrap());
+        std::hint::black_box(send_ready(service, R::request(uri)));
+    }
+    start.elapsed()
+}
+
+/// `tasks` tasks on the current runtime each send `per_task` requests of shape `R` through their
+/// own clone of `service`, concurrently; the time until all are answered.
+pub(crate) async fn concurrent<R: Shape, S>(
+    service: &S,
+    uri: &Uri,
+    tasks: u64,
+    per_task: u64,
+) -> Duration
+where
+    S: Service<Request<Full<Bytes>>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Response: Send,
+    S::Error: std::fmt::Debug,
+{
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..tasks)
+        .map(|_| {
+            let (mut service, uri) = (service.clone(), uri.clone());
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    let response = service
+                        .ready()
+                        .await
+                        .unwrap()
+                        .call(R::request(&uri))
+                        .await
+                        .unwrap();
+                    std::hint::black_box(response);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    start.elapsed()
+}
+
+/// Sends a request over a real client and reads the whole answer, which must be a 200 (so the
+/// token went along and was accepted).
+pub(crate) async fn fetch<S, ResBody>(service: &mut S, request: Request<Full<Bytes>>)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
+    S::Error: std::fmt::Debug,
+    ResBody: Body<Error: std::fmt::Debug>,
+{
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    std::hint::black_box(response.into_body().collect().await.unwrap());
+}
+
+/// Sends `count` requests of shape `R` through each of three services over a real client (see
+/// [`fetch`]), one request at a time, taking turns in an order that rotates from request to
+/// request (starting at `turn`); each service's median latency. The median, not the mean: a
+/// request that waited for the CPU while another process ran would weigh as much as a hundred.
+pub(crate) async fn real_client<R: Shape, A, B, C, BodyA, BodyB, BodyC>(
+    services: (&mut A, &mut B, &mut C),
+    uri: &Uri,
+    count: u64,
+    turn: usize,
+) -> [Duration; 3]
+where
+    A: Service<Request<Full<Bytes>>, Response = Response<BodyA>>,
+    B: Service<Request<Full<Bytes>>, Response = Response<BodyB>>,
+    C: Service<Request<Full<Bytes>>, Response = Response<BodyC>>,
+    A::Error: std::fmt::Debug,
+    B::Error: std::fmt::Debug,
+    C::Error: std::fmt::Debug,
+    BodyA: Body<Error: std::fmt::Debug>,
+    BodyB: Body<Error: std::fmt::Debug>,
+    BodyC: Body<Error: std::fmt::Debug>,
+{
+    let (a, b, c) = services;
+    let mut latencies: [Vec<Duration>; 3] = Default::default();
+    for i in 0..count as usize {
+        for k in 0..3 {
+            let v = (turn + i + k) % 3;
+            let start = Instant::now();
+            match v {
+                0 => fetch(a, R::request(uri)).await,
+                1 => fetch(b, R::request(uri)).await,
+                _ => fetch(c, R::request(uri)).await,
             }
-            std::task::Poll::Pending => panic!("the hot path waited: the token was not cached"),
+            latencies[v].push(start.elapsed());
         }
     }
+    latencies.map(|mut latencies| {
+        latencies.sort();
+        latencies[latencies.len() / 2]
+    })
 }
 
-/// Like [`send_many`], through a fresh clone of `service` for every request, as callers that clone
-/// a client for each call do.
-pub(crate) fn send_many_cloned<S>(service: &S, uri: &Uri, count: u64)
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + Clone,
-    S::Error: std::fmt::Debug,
-{
-    for _ in 0..count {
-        send_many(&mut service.clone(), uri, 1);
-    }
-}
-
-/// The test server with client `bench`, a manager with its token cached, and the URI requests go to.
+/// The test server with client `bench`, a manager with its token cached, and the test API's URI.
 pub(crate) struct Fixture {
     pub(crate) server: TestServer,
     pub(crate) manager: TokenManager,
@@ -154,16 +217,14 @@ pub(crate) struct Fixture {
 }
 
 impl Fixture {
-    pub(crate) fn start(rt: &tokio::runtime::Runtime) -> Fixture {
-        let server = rt
-            .block_on(
-                TestServer::builder()
-                    .client("bench", "bench-secret")
-                    .start(),
-            )
+    pub(crate) async fn start() -> Fixture {
+        let server = TestServer::builder()
+            .client("bench", "bench-secret")
+            .start()
+            .await
             .unwrap();
         let uri = server.api_url("/resource").parse().unwrap();
-        let manager = warm_manager(rt, &server, |b| b);
+        let manager = warm_manager(&server, |builder| builder).await;
         Fixture {
             server,
             manager,
@@ -172,42 +233,49 @@ impl Fixture {
     }
 
     /// A manager for client `bench` built with `configure` (a Redis tier, say), its token cached.
-    pub(crate) fn manager_with(
+    pub(crate) async fn manager_with(
         &self,
-        rt: &tokio::runtime::Runtime,
         configure: impl FnOnce(TokenManagerBuilder) -> TokenManagerBuilder,
     ) -> TokenManager {
-        warm_manager(rt, &self.server, configure)
+        warm_manager(&self.server, configure).await
     }
 
-    /// The layer for `manager`'s client `bench`, allowed to send to the test server.
-    pub(crate) fn layer(&self, manager: &TokenManager, replay: bool) -> AccessTokenLayer {
+    /// The default layer (replay policy `Buffered`) for `manager`'s client `bench`.
+    pub(crate) fn layer(&self, manager: &TokenManager) -> AccessTokenLayer {
         AccessTokenLayer::builder(manager, "bench")
             .allow_origin(&self.server.base_url())
-            .replay_unauthorized(replay)
+            .build()
+            .unwrap()
+    }
+
+    /// The layer without replay for `manager`'s client `bench`.
+    pub(crate) fn no_replay_layer(&self, manager: &TokenManager) -> AccessTokenLayer<NoReplay> {
+        AccessTokenLayer::builder(manager, "bench")
+            .allow_origin(&self.server.base_url())
+            .replay(NoReplay)
             .build()
             .unwrap()
     }
 
     /// The baseline: tower-http's `AddAuthorization` with the cached token as a fixed value.
-    pub(crate) fn static_layer(&self, rt: &tokio::runtime::Runtime) -> AddAuthorizationLayer {
-        let token = rt.block_on(self.manager.token("bench")).unwrap();
+    pub(crate) async fn static_layer(&self) -> AddAuthorizationLayer {
+        let token = self.manager.token("bench").await.unwrap();
         AddAuthorizationLayer::bearer(token.expose_secret())
     }
 }
 
-fn warm_manager(
-    rt: &tokio::runtime::Runtime,
+async fn warm_manager(
     server: &TestServer,
     configure: impl FnOnce(TokenManagerBuilder) -> TokenManagerBuilder,
 ) -> TokenManager {
-    let client = ClientCredentials::builder(&server.token_endpoint(), "bench")
+    let config = ClientConfig::builder(&server.token_endpoint(), "bench")
         .client_secret("bench-secret")
         .build()
         .unwrap();
-    let manager = configure(TokenManager::builder().client("bench", client))
-        .build()
-        .unwrap();
-    rt.block_on(manager.token("bench")).unwrap();
+    let manager =
+        configure(TokenManager::builder().client("bench", ClientCredentials::new(config)))
+            .build()
+            .unwrap();
+    manager.token("bench").await.unwrap();
     manager
 }
