@@ -8,8 +8,7 @@ mod manager;
 
 pub use error::Error;
 pub use layer::{
-    AccessTokenLayer, AccessTokenLayerBuilder, AccessTokenService, Buffered, NoReplay,
-    ReplayPolicy,
+    AccessTokenLayer, AccessTokenLayerBuilder, AccessTokenService, Buffered, NoReplay, ReplayPolicy,
 };
 pub use manager::{Metrics, RetryPolicy, TokenManager, TokenManagerBuilder};
 

@@ -12,9 +12,11 @@ pub(crate) fn is_insufficient_scope(headers: &HeaderMap) -> bool {
         .get_all(WWW_AUTHENTICATE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .any(|value| auth_params(value).any(|(name, value)| {
-            name.eq_ignore_ascii_case("error") && value == "insufficient_scope"
-        }))
+        .any(|value| {
+            auth_params(value).any(|(name, value)| {
+                name.eq_ignore_ascii_case("error") && value == "insufficient_scope"
+            })
+        })
 }
 
 /// The `name=value` auth-params of a `WWW-Authenticate` value (RFC 9110 §11.6.1), of every
@@ -27,9 +29,7 @@ fn auth_params(value: &str) -> impl Iterator<Item = (&str, String)> {
             if rest.is_empty() {
                 return None;
             }
-            let end = rest
-                .find(['=', ',', ' ', '\t'])
-                .unwrap_or(rest.len());
+            let end = rest.find(['=', ',', ' ', '\t']).unwrap_or(rest.len());
             let (name, after) = rest.split_at(end);
             let after_spaces = after.trim_start_matches([' ', '\t']);
             let Some(after_equals) = after_spaces.strip_prefix('=') else {
@@ -64,7 +64,9 @@ fn auth_params(value: &str) -> impl Iterator<Item = (&str, String)> {
                 rest = &quoted[closed.min(quoted.len())..];
                 return Some((name, unquoted));
             }
-            let end = after_equals.find([',', ' ', '\t']).unwrap_or(after_equals.len());
+            let end = after_equals
+                .find([',', ' ', '\t'])
+                .unwrap_or(after_equals.len());
             let (token, after_token) = after_equals.split_at(end);
             rest = after_token;
             return Some((name, token.to_owned()));
@@ -90,8 +92,12 @@ mod tests {
         assert!(says_insufficient_scope(&[
             r#"Bearer realm="api", error="insufficient_scope", scope="admin""#
         ]));
-        assert!(says_insufficient_scope(&["Bearer error=insufficient_scope"]));
-        assert!(says_insufficient_scope(&[r#"Bearer ERROR = "insufficient_scope""#]));
+        assert!(says_insufficient_scope(&[
+            "Bearer error=insufficient_scope"
+        ]));
+        assert!(says_insufficient_scope(&[
+            r#"Bearer ERROR = "insufficient_scope""#
+        ]));
         assert!(says_insufficient_scope(&[
             "Basic realm=\"x\"",
             r#"Bearer error="insufficient_scope""#
@@ -99,15 +105,21 @@ mod tests {
         assert!(says_insufficient_scope(&[
             r#"Basic realm="x", Bearer error="insufficient_scope""#
         ]));
-        assert!(!says_insufficient_scope(&[r#"Bearer error="invalid_token""#]));
+        assert!(!says_insufficient_scope(&[
+            r#"Bearer error="invalid_token""#
+        ]));
         assert!(!says_insufficient_scope(&["Bearer"]));
         assert!(!says_insufficient_scope(&[]));
         // Not fooled by the words inside another parameter's quoted value.
         assert!(!says_insufficient_scope(&[
             r#"Bearer error="invalid_token", error_description="not error=insufficient_scope""#
         ]));
-        assert!(!says_insufficient_scope(&[r#"Bearer error_description="insufficient_scope""#]));
+        assert!(!says_insufficient_scope(&[
+            r#"Bearer error_description="insufficient_scope""#
+        ]));
         // A token68 challenge is no parameter.
-        assert!(!says_insufficient_scope(&["Negotiate abc==, Bearer error=\"invalid_token\""]));
+        assert!(!says_insufficient_scope(&[
+            "Negotiate abc==, Bearer error=\"invalid_token\""
+        ]));
     }
 }

@@ -96,8 +96,18 @@ pub(crate) struct Watch<S, B> {
     /// The token was fetched because its predecessor was rejected: an answer other than 401
     /// clears that (see [`Slot::accept`]).
     pub(crate) on_probation: bool,
-    /// The request to replay, if the replay policy kept it.
+    /// The request to replay, if the replay policy kept it (boxed: the future of every request
+    /// is moved a few times, and most requests keep nothing).
     pub(crate) copy: Option<Box<RequestCopy<B>>>,
+}
+
+/// A request done with (answered, or its future dropped) gives its copy's buffers back.
+impl<S, B> Drop for Watch<S, B> {
+    fn drop(&mut self) {
+        if let Some(copy) = self.copy.take() {
+            self.shared.give_back((*copy).into_buffers());
+        }
+    }
 }
 
 impl<S, B> Watch<S, B> {
@@ -217,15 +227,15 @@ where
                         rejected: Box::new(Rejected::new(watch, response)),
                     }
                 }
-                StateProj::Rejected { rejected } => {
-                    match ready!(rejected.poll_replay(cx)) {
-                        Ok(Some((future, probation))) => State::Replaying { future, probation },
-                        Ok(None) => {
-                            return Poll::Ready(rejected.response.take().ok_or_else(polled_after_completion));
-                        }
-                        Err(error) => return Poll::Ready(Err(error)),
+                StateProj::Rejected { rejected } => match ready!(rejected.poll_replay(cx)) {
+                    Ok(Some((future, probation))) => State::Replaying { future, probation },
+                    Ok(None) => {
+                        return Poll::Ready(
+                            rejected.response.take().ok_or_else(polled_after_completion),
+                        );
                     }
-                }
+                    Err(error) => return Poll::Ready(Err(error)),
+                },
                 StateProj::Replaying { future, probation } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     if response.status() != StatusCode::UNAUTHORIZED
@@ -246,10 +256,7 @@ where
     S: Service<Request<B>>,
 {
     /// Waits for the token and the body to keep, then sends.
-    fn poll_send(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Sending<S, B>, BoxError>> {
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<Sending<S, B>, BoxError>> {
         if let Token::Pending(token) = &mut self.token {
             let (slot, entry) = ready!(token.as_mut().poll(cx))?;
             self.token = Token::Ready {
@@ -269,7 +276,11 @@ where
             return Poll::Ready(Err(polled_after_completion()));
         };
         let copy = match std::mem::replace(&mut self.kept, Kept::Nothing) {
-            Kept::Body(body) => Some(Box::new(RequestCopy::of(&request, body))),
+            Kept::Body(body) => Some(Box::new(RequestCopy::of(
+                &request,
+                body,
+                self.shared.take_buffers(),
+            ))),
             Kept::Nothing | Kept::Buffering(_) => None,
         };
         let Token::Ready { slot, token } = std::mem::replace(&mut self.token, Token::Taken) else {
@@ -300,16 +311,13 @@ where
     /// Invalidates the token that was refused (if it is still the current one) and, if the
     /// request was kept, gets the token to replay it with.
     #[cold]
-    fn new(watch: Watch<S, B>, response: S::Response) -> Self {
-        let Watch {
-            shared,
-            slot,
-            id,
-            copy,
-            ..
-        } = watch;
+    fn new(mut watch: Watch<S, B>, response: S::Response) -> Self {
+        let (shared, id, copy) = (watch.shared.clone(), watch.id, watch.copy.take());
         let config = shared.config.clone();
-        let slot = slot.unwrap_or_else(|| config.client.default_slot.clone());
+        let slot = watch
+            .slot
+            .take()
+            .unwrap_or_else(|| config.client.default_slot.clone());
         let replace = copy.is_some();
         let rejected_slot = slot.clone();
         let renew = Box::pin(async move {
@@ -350,7 +358,12 @@ where
                     return Poll::Ready(Ok(None));
                 }
             };
-            let (Some(copy), Some(service)) = (self.copy.take(), self.shared.replay_service()) else {
+            let (Some(copy), Some(service)) = (self.copy.take(), self.shared.replay_service())
+            else {
+                return Poll::Ready(Ok(None));
+            };
+            let Some(request) = copy.into_request(entry.header.clone()) else {
+                tracing::warn!("a kept request no longer parses; returning the 401");
                 return Poll::Ready(Ok(None));
             };
             self.shared.config.manager.count_replay();
@@ -359,7 +372,7 @@ where
                 slot: self.slot.clone(),
                 id: entry.id,
             });
-            self.replay = Some((service, copy.into_request(entry.header.clone())));
+            self.replay = Some((service, request));
         }
         let Some((service, _)) = &mut self.replay else {
             return Poll::Ready(Err(polled_after_completion()));
@@ -375,15 +388,4 @@ where
 
 fn polled_after_completion() -> BoxError {
     "tokenwarden response future polled after completion".into()
-}
-
-/// What every response future keeps besides the inner one on the hot path: a few words.
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_request_sent_with_a_cached_token_keeps_a_few_words_to_act_on_a_401() {
-        assert!(std::mem::size_of::<Watch<(), ()>>() <= 5 * std::mem::size_of::<usize>());
-    }
 }

@@ -21,6 +21,9 @@ pub(crate) struct Origin {
     https: bool,
     host: String,
     port: u16,
+    /// How a URI's authority usually spells this origin (`host:port`, and `host` alone for the
+    /// default port): compared as text first, so the common request is not parsed.
+    spellings: Vec<String>,
 }
 
 impl fmt::Display for Origin {
@@ -52,17 +55,37 @@ impl Origin {
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
             return Err(bad("user info is not allowed"));
         }
-        Origin::of(&uri).ok_or_else(|| bad("the scheme must be http or https, with a host and a valid port"))
+        Origin::of(&uri)
+            .ok_or_else(|| bad("the scheme must be http or https, with a host and a valid port"))
     }
 
     /// The origin a URI names, if it names one exactly.
     fn of(uri: &Uri) -> Option<Origin> {
         let target = Target::of(uri)?;
+        let host = target.host.to_ascii_lowercase();
+        let mut spellings = vec![format!("{host}:{}", target.port)];
+        if target.port == if target.https { 443 } else { 80 } {
+            spellings.push(host.clone());
+        }
         Some(Origin {
             https: target.https,
-            host: target.host.to_ascii_lowercase(),
+            host,
             port: target.port,
+            spellings,
         })
+    }
+
+    #[inline]
+    fn spelled(&self, https: bool, authority: &str) -> bool {
+        self.https == https && self.spellings.iter().any(|s| s == authority)
+    }
+
+    fn target(&self) -> Target<'_> {
+        Target {
+            https: self.https,
+            host: &self.host,
+            port: self.port,
+        }
     }
 
     fn is(&self, target: &Target<'_>) -> bool {
@@ -135,6 +158,18 @@ impl Origins {
     /// and host (a path only) never matches a list: where it goes is not known here.
     #[inline]
     pub(crate) fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), Refused> {
+        if let Origins::List(list) = self
+            && let Some(https) = match uri.scheme_str() {
+                Some("https") => Some(true),
+                Some("http") => Some(false),
+                _ => None,
+            }
+            && let Some(authority) = uri.authority()
+            && let Some(origin) = list.iter().find(|o| o.spelled(https, authority.as_str()))
+        {
+            return check_host_header(&origin.target(), headers);
+        }
+        // Other spellings (upper case, an explicit default port, user info) are parsed.
         let target = Target::of(uri);
         match (self, target) {
             // Anywhere, but a request that says two things about where it goes is refused.
@@ -152,11 +187,10 @@ impl Origins {
 /// token must not ride a request whose `Host` names another origin.
 #[inline]
 fn check_host_header(target: &Target<'_>, headers: &HeaderMap) -> Result<(), Refused> {
-    let mut values = headers.get_all(HOST).iter();
-    let Some(value) = values.next() else {
+    let Some(value) = headers.get(HOST) else {
         return Ok(());
     };
-    if values.next().is_some() {
+    if headers.get_all(HOST).iter().nth(1).is_some() {
         return Err(Refused::HostHeader);
     }
     let text = value.to_str().map_err(|_| Refused::HostHeader)?;
@@ -206,14 +240,26 @@ mod tests {
         let api = ["https://api.example.com"];
         assert!(allows(&api, "https://api.example.com/v1/x?y=1"));
         assert!(allows(&api, "https://API.example.com:443/"));
-        assert!(allows(&api, "HTTPS://api.example.com/"), "schemes ignore case");
+        assert!(
+            allows(&api, "HTTPS://api.example.com/"),
+            "schemes ignore case"
+        );
         assert!(!allows(&api, "HTTP://api.example.com/"));
         assert!(!allows(&api, "http://api.example.com/"), "scheme differs");
-        assert!(!allows(&api, "https://api.example.com:8443/"), "port differs");
-        assert!(!allows(&api, "https://api.example.com.evil.net/"), "suffix attack");
+        assert!(
+            !allows(&api, "https://api.example.com:8443/"),
+            "port differs"
+        );
+        assert!(
+            !allows(&api, "https://api.example.com.evil.net/"),
+            "suffix attack"
+        );
         assert!(!allows(&api, "https://evil.net/api.example.com"));
         assert!(!allows(&api, "/relative/path"));
-        assert!(allows(&["http://127.0.0.1:8080/"], "http://127.0.0.1:8080/x"));
+        assert!(allows(
+            &["http://127.0.0.1:8080/"],
+            "http://127.0.0.1:8080/x"
+        ));
         assert!(allows(&["http://[::1]:8080"], "http://[::1]:8080/x"));
         assert!(!allows(&["http://[::1]:8080"], "http://[::2]:8080/x"));
     }
@@ -236,7 +282,10 @@ mod tests {
                 );
             }
         }
-        assert!(allows(&api, "https://api.example.com:0443/"), "leading zeros are a number");
+        assert!(
+            allows(&api, "https://api.example.com:0443/"),
+            "leading zeros are a number"
+        );
     }
 
     #[test]
@@ -267,8 +316,15 @@ mod tests {
         two.append(HOST, HeaderValue::from_static("evil.example.com"));
         assert_eq!(api.check(&uri, &two), Err(Refused::HostHeader));
         // Even "any origin" refuses a request that names two.
-        assert_eq!(Origins::Any.check(&uri, &host("evil.example.com")), Err(Refused::HostHeader));
-        assert!(Origins::Any.check(&"/path".parse().unwrap(), &HeaderMap::new()).is_ok());
+        assert_eq!(
+            Origins::Any.check(&uri, &host("evil.example.com")),
+            Err(Refused::HostHeader)
+        );
+        assert!(
+            Origins::Any
+                .check(&"/path".parse().unwrap(), &HeaderMap::new())
+                .is_ok()
+        );
     }
 
     #[test]
@@ -288,7 +344,11 @@ mod tests {
     #[test]
     fn descriptions_show_no_path_or_user_info() {
         assert_eq!(
-            describe(&"https://u:p@api.example.com:8443/secret?q=1".parse().unwrap()),
+            describe(
+                &"https://u:p@api.example.com:8443/secret?q=1"
+                    .parse()
+                    .unwrap()
+            ),
             "https://api.example.com:8443"
         );
     }

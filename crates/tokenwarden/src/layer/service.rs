@@ -10,9 +10,9 @@ use tower_service::Service;
 
 use super::future::{Prepare, ResponseFuture, Token, Watch};
 use super::origin::{Origins, Refused, describe};
-use super::replay::{Buffered, Kept, ReplayPolicy, RequestCopy};
+use super::replay::{Buffered, CopyBuffers, Kept, ReplayPolicy, RequestCopy};
 use crate::TokenManager;
-use crate::manager::NamedClient;
+use crate::manager::{NamedClient, TokenView};
 
 /// A layer's configuration: read by every request, written never.
 pub(crate) struct Config {
@@ -30,14 +30,44 @@ pub(crate) struct Config {
 pub(crate) struct Shared<S> {
     pub(crate) config: Arc<Config>,
     replay_with: OnceLock<Mutex<S>>,
+    /// Buffers of request copies whose responses are in, for the next copies to fill: a kept
+    /// request then allocates nothing (a few, for requests in flight at once).
+    spare: Mutex<Vec<CopyBuffers>>,
+}
+
+/// How many spare copy buffers a service clone keeps.
+const SPARE_BUFFERS: usize = 4;
+
+impl<S> Shared<S> {
+    /// Buffers for a copy: spare ones, or new ones.
+    #[inline]
+    pub(crate) fn take_buffers(&self) -> CopyBuffers {
+        lock(&self.spare).pop().unwrap_or_default()
+    }
+
+    /// Buffers a copy no longer needs.
+    #[inline]
+    pub(crate) fn give_back(&self, buffers: CopyBuffers) {
+        if buffers.worth_keeping() {
+            let mut spare = lock(&self.spare);
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buffers);
+            }
+        }
+    }
 }
 
 impl<S: Clone> Shared<S> {
     /// A clone of the service kept for replays, if a request was ever kept.
     pub(crate) fn replay_service(&self) -> Option<S> {
         let kept = self.replay_with.get()?;
-        Some(kept.lock().unwrap_or_else(PoisonError::into_inner).clone())
+        Some(lock(kept).clone())
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing guarded here can be left half-changed by a panic.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The middleware built by [`AccessTokenLayer`](super::AccessTokenLayer): attaches tokens to
@@ -50,17 +80,22 @@ pub struct AccessTokenService<S, P = Buffered> {
     inner: S,
     shared: Arc<Shared<S>>,
     replay: P,
+    /// This service's view of the client's configured token.
+    token: TokenView,
 }
 
 impl<S, P> AccessTokenService<S, P> {
     pub(crate) fn new(inner: S, config: Arc<Config>, replay: P) -> Self {
+        let token = config.client.default_slot.view();
         AccessTokenService {
             inner,
             shared: Arc::new(Shared {
                 config,
                 replay_with: OnceLock::new(),
+                spare: Mutex::new(Vec::new()),
             }),
             replay,
+            token,
         }
     }
 
@@ -131,9 +166,11 @@ where
             return ResponseFuture::passthrough(self.inner.call(request));
         }
         let cached = match wanted(request.extensions()) {
-            None => config
-                .manager
-                .cached(&config.client, &config.client.default_slot),
+            None => {
+                config
+                    .manager
+                    .cached(&config.client, &config.client.default_slot, &mut self.token)
+            }
             Some(_) => None,
         };
         let Some(token) = cached else {
@@ -145,7 +182,8 @@ where
             Kept::Nothing => None,
             Kept::Body(body) => {
                 self.keep_replay_service();
-                Some(Box::new(RequestCopy::of(&request, body)))
+                let buffers = self.shared.take_buffers();
+                Some(Box::new(RequestCopy::of(&request, body, buffers)))
             }
             kept @ Kept::Buffering(_) => {
                 let token = Token::Ready { slot: None, token };
@@ -154,7 +192,9 @@ where
         };
         // One lookup: a request that brings its own Authorization keeps it.
         match request.headers_mut().entry(AUTHORIZATION) {
-            HeaderEntry::Occupied(_) => return ResponseFuture::passthrough(self.inner.call(request)),
+            HeaderEntry::Occupied(_) => {
+                return ResponseFuture::passthrough(self.inner.call(request));
+            }
             HeaderEntry::Vacant(vacant) => {
                 vacant.insert(token.header);
             }
@@ -209,7 +249,12 @@ where
         self.prepare(request, token, kept)
     }
 
-    fn prepare<B>(&mut self, request: Request<B>, token: Token, kept: Kept<B>) -> ResponseFuture<S, B>
+    fn prepare<B>(
+        &mut self,
+        request: Request<B>,
+        token: Token,
+        kept: Kept<B>,
+    ) -> ResponseFuture<S, B>
     where
         S: Service<Request<B>>,
     {

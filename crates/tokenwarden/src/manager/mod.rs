@@ -24,8 +24,7 @@ use tokenwarden_oauth::{Grant, OAuthClient};
 use tokio::time::Instant;
 
 pub use renewal::RetryPolicy;
-pub(crate) use slot::{Entry, Slot};
-
+pub(crate) use slot::{Entry, Slot, TokenView};
 
 use renewal::Timing;
 use shared::{Found, SharedTier};
@@ -311,8 +310,7 @@ impl TokenManagerBuilder {
         };
         let mut clients = HashMap::with_capacity(self.clients.len());
         for (name, source) in self.clients {
-            let source =
-                source.map_err(|e| Error::Config(format!("client `{name}`: {e}")))?;
+            let source = source.map_err(|e| Error::Config(format!("client `{name}`: {e}")))?;
             let params = TokenParams::new();
             let key = source.cache_key(&self.namespace, &name, &params);
             let name: Arc<str> = name.into();
@@ -365,7 +363,10 @@ impl fmt::Debug for TokenManager {
         names.sort_unstable();
         f.debug_struct("TokenManager")
             .field("clients", &names)
-            .field("shared_cache", &self.inner.shared.as_ref().map(|s| &s.cache))
+            .field(
+                "shared_cache",
+                &self.inner.shared.as_ref().map(|s| &s.cache),
+            )
             .field("metrics", &self.metrics())
             .finish_non_exhaustive()
     }
@@ -486,16 +487,24 @@ impl TokenManager {
         self.inner.counters.replays.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The hot path: the slot's token if it may be sent, read without locks, allocation or
-    /// writes to memory other threads read. A token due for renewal is still returned while one
+    /// The hot path: the token of `slot`, read through the caller's `view` of it, if it may be
+    /// sent; without locks, allocation or writes to memory other threads read. A token due for renewal is still returned while one
     /// renewal runs in the background.
     #[inline]
-    pub(crate) fn cached(&self, client: &Arc<NamedClient>, slot: &Arc<Slot>) -> Option<Sendable> {
-        let current = slot.current();
-        let entry = current.as_ref()?;
+    pub(crate) fn cached(
+        &self,
+        client: &Arc<NamedClient>,
+        slot: &Arc<Slot>,
+        view: &mut TokenView,
+    ) -> Option<Sendable> {
+        let entry = view.load().as_ref()?;
         match entry.freshness_coarse(self.inner.time.coarse_nanos()) {
             Freshness::Fresh => {}
-            Freshness::Due => self.renew_in_background(client, slot),
+            Freshness::Due => {
+                let entry = Sendable::of(entry);
+                self.renew_in_background(client, slot);
+                return Some(entry);
+            }
             Freshness::Unusable => return None,
         }
         Some(Sendable::of(entry))
@@ -620,7 +629,10 @@ impl TokenManager {
             let secret = cached.token().secret();
             let stale = !cached.is_fresh(self.now())
                 || rejected.as_deref() == Some(secret)
-                || (force && previous.as_ref().is_some_and(|p| p.cached.token().secret() == secret));
+                || (force
+                    && previous
+                        .as_ref()
+                        .is_some_and(|p| p.cached.token().secret() == secret));
             if stale {
                 return None;
             }
@@ -677,11 +689,10 @@ impl TokenManager {
         )
         .await;
         let result = fetched.and_then(|(response, sent_at)| {
-            let cached = self.inner.timing.cached_token(
-                response,
-                sent_at,
-                client.source.default_lifetime(),
-            );
+            let cached =
+                self.inner
+                    .timing
+                    .cached_token(response, sent_at, client.source.default_lifetime());
             self.entry_for(cached)
         });
         match result {

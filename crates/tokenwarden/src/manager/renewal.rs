@@ -156,7 +156,10 @@ pub(crate) async fn fetch(
             return Err(error);
         }
         let delay = retry.delay(retries, &error);
-        if Instant::now().checked_add(delay).is_none_or(|at| at >= deadline) {
+        if Instant::now()
+            .checked_add(delay)
+            .is_none_or(|at| at >= deadline)
+        {
             tracing::debug!(%error, ?delay, "token request failed; no time left for a retry");
             return Err(error);
         }
@@ -183,7 +186,11 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let token = AccessToken::new("t", TokenType::Bearer).unwrap();
         let expires_at = t0 + Duration::from_secs(lifetime);
-        CachedToken::new(token, expires_at, expires_at - Duration::from_secs(renew_before))
+        CachedToken::new(
+            token,
+            expires_at,
+            expires_at - Duration::from_secs(renew_before),
+        )
     }
 
     #[test]

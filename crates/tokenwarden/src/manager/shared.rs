@@ -54,8 +54,15 @@ impl SharedTier {
     }
 
     /// The token stored under `key`, if `accept` takes it (fresh, valid, not rejected).
-    async fn get(&self, key: &CacheKey, accept: &impl Fn(CachedToken) -> Option<Entry>) -> Option<Entry> {
-        self.bounded(self.cache.get(key), "get").await.flatten().and_then(accept)
+    async fn get(
+        &self,
+        key: &CacheKey,
+        accept: &impl Fn(CachedToken) -> Option<Entry>,
+    ) -> Option<Entry> {
+        self.bounded(self.cache.get(key), "get")
+            .await
+            .flatten()
+            .and_then(accept)
     }
 
     /// Compare-and-invalidate: removes the stored token only if it is still `token`.
@@ -88,7 +95,10 @@ impl SharedTier {
         );
         let mut backoff = Duration::from_millis(5);
         loop {
-            match self.bounded(self.cache.try_lease(key, self.lease_ttl), "try_lease").await {
+            match self
+                .bounded(self.cache.try_lease(key, self.lease_ttl), "try_lease")
+                .await
+            {
                 Some(lease @ Lease::Acquired(_)) => {
                     let mut held = HeldLease {
                         cache: self.cache.clone(),
@@ -125,12 +135,17 @@ impl SharedTier {
         }
     }
 
-    async fn fetch_and_put<Fut>(&self, key: &CacheKey, fetch: impl FnOnce() -> Fut) -> Result<Found, Error>
+    async fn fetch_and_put<Fut>(
+        &self,
+        key: &CacheKey,
+        fetch: impl FnOnce() -> Fut,
+    ) -> Result<Found, Error>
     where
         Fut: Future<Output = Result<Entry, Error>>,
     {
         let entry = fetch().await?;
-        self.bounded(self.cache.put(key, &entry.cached), "put").await;
+        self.bounded(self.cache.put(key, &entry.cached), "put")
+            .await;
         Ok(Found::Fetched(entry))
     }
 }

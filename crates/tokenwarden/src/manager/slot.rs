@@ -68,8 +68,7 @@ impl Entry {
             }
         }
         let value = token.expose_secret();
-        let header_safe =
-            !value.is_empty() && value.bytes().all(|b| (0x21..=0x7e).contains(&b));
+        let header_safe = !value.is_empty() && value.bytes().all(|b| (0x21..=0x7e).contains(&b));
         let header = header_safe
             .then(|| HeaderValue::try_from(format!("Bearer {value}")).ok())
             .flatten()
@@ -185,10 +184,9 @@ impl Slot {
         }
     }
 
-    /// The current token, read without locks or writes to shared memory.
-    #[inline]
-    pub(crate) fn current(&self) -> arc_swap::Guard<Option<Arc<Entry>>> {
-        self.current.load()
+    /// A view of the current token for a reader that reads it often.
+    pub(crate) fn view(self: &Arc<Self>) -> TokenView {
+        arc_swap::Cache::new(CurrentToken(self.clone()))
     }
 
     pub(crate) fn current_full(&self) -> Option<Arc<Entry>> {
@@ -268,11 +266,16 @@ impl Slot {
             let mut state = self.backoff.lock().unwrap_or_else(PoisonError::into_inner);
             match *state {
                 // Backing off: the token stays and the 401 goes back.
-                Some(Backoff { entry: backed_off, until }) if backed_off == id && now < until => {
+                Some(Backoff {
+                    entry: backed_off,
+                    until,
+                }) if backed_off == id && now < until => {
                     return Rejection::BackedOff;
                 }
                 // The back-off has passed: this rejection drops the token.
-                Some(Backoff { entry: backed_off, .. }) if backed_off == id => {}
+                Some(Backoff {
+                    entry: backed_off, ..
+                }) if backed_off == id => {}
                 _ if entry.on_probation() => {
                     *state = Some(Backoff {
                         entry: id,
@@ -361,6 +364,23 @@ impl Slot {
     }
 }
 
+/// A slot's current token, as a [`TokenView`] reads it.
+#[derive(Clone)]
+pub(crate) struct CurrentToken(Arc<Slot>);
+
+impl std::ops::Deref for CurrentToken {
+    type Target = ArcSwapOption<Entry>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.current
+    }
+}
+
+/// One reader's view of a slot's current token (arc-swap's `Cache`): it keeps a reference to
+/// the token it last read and reads the slot again only when the slot's pointer changed, so a
+/// reader with `&mut` access (a service's `call`) checks one pointer per request.
+pub(crate) type TokenView = arc_swap::Cache<CurrentToken, Option<Arc<Entry>>>;
+
 /// The claim of a slot's background renewal; see [`Slot::start_renewal`].
 pub(crate) struct RenewalGuard(Arc<Slot>);
 
@@ -408,12 +428,19 @@ mod tests {
     #[tokio::test]
     async fn waiters_take_the_leaders_token_even_one_already_due() {
         let (_clock, time) = clock();
-        let slot = Arc::new(Slot::new(CacheKey::builder("c").build(), TokenParams::new()));
+        let slot = Arc::new(Slot::new(
+            CacheKey::builder("c").build(),
+            TokenParams::new(),
+        ));
         let fetches = Arc::new(AtomicUsize::new(0));
         let (release, released) = tokio::sync::watch::channel(false);
         let calls = (0..100).map(|_| {
-            let (slot, time, fetches, mut released) =
-                (slot.clone(), time.clone(), fetches.clone(), released.clone());
+            let (slot, time, fetches, mut released) = (
+                slot.clone(),
+                time.clone(),
+                fetches.clone(),
+                released.clone(),
+            );
             async move {
                 slot.get_or_fetch(false, &time, |_| async {
                     let n = fetches.fetch_add(1, Ordering::SeqCst) as u64;
@@ -435,7 +462,10 @@ mod tests {
     }
 
     /// Polls the calls and `side` together on this task.
-    async fn futures_join<F: Future>(calls: Vec<F>, side: impl Future<Output = ()>) -> Vec<F::Output> {
+    async fn futures_join<F: Future>(
+        calls: Vec<F>,
+        side: impl Future<Output = ()>,
+    ) -> Vec<F::Output> {
         let (results, ()) = tokio::join!(
             async {
                 let mut out = Vec::new();
@@ -487,42 +517,74 @@ mod tests {
         let slot = Slot::new(CacheKey::builder("c").build(), TokenParams::new());
         let backoff = Duration::from_secs(5);
         let first = slot
-            .get_or_fetch(false, &time, |_| async { Ok(entry(1, &time, Duration::from_secs(60))) })
+            .get_or_fetch(false, &time, |_| async {
+                Ok(entry(1, &time, Duration::from_secs(60)))
+            })
             .await
             .unwrap();
-        assert!(matches!(slot.reject(first.id, time.now(), backoff), Rejection::Invalidated(_)));
-        assert!(matches!(slot.reject(first.id, time.now(), backoff), Rejection::Replaced));
+        assert!(matches!(
+            slot.reject(first.id, time.now(), backoff),
+            Rejection::Invalidated(_)
+        ));
+        assert!(matches!(
+            slot.reject(first.id, time.now(), backoff),
+            Rejection::Replaced
+        ));
         let second = slot
-            .get_or_fetch(false, &time, |_| async { Ok(entry(2, &time, Duration::from_secs(60))) })
+            .get_or_fetch(false, &time, |_| async {
+                Ok(entry(2, &time, Duration::from_secs(60)))
+            })
             .await
             .unwrap();
         assert!(second.after_rejection);
         // The token fetched after a rejection is rejected too: back off, keep it.
-        assert!(matches!(slot.reject(2, time.now(), backoff), Rejection::BackedOff));
-        assert!(matches!(slot.reject(2, time.now(), backoff), Rejection::BackedOff));
+        assert!(matches!(
+            slot.reject(2, time.now(), backoff),
+            Rejection::BackedOff
+        ));
+        assert!(matches!(
+            slot.reject(2, time.now(), backoff),
+            Rejection::BackedOff
+        ));
         assert_eq!(slot.current_full().map(|e| e.id), Some(2));
         // Once the back-off has passed, a rejection drops it.
         clock.advance(backoff);
-        assert!(matches!(slot.reject(2, time.now(), backoff), Rejection::Invalidated(_)));
+        assert!(matches!(
+            slot.reject(2, time.now(), backoff),
+            Rejection::Invalidated(_)
+        ));
 
         // A token fetched after a rejection that an API then accepts is no longer on probation:
         // its later rejection (a second revocation) is handled at once.
         let third = slot
-            .get_or_fetch(false, &time, |_| async { Ok(entry(3, &time, Duration::from_secs(60))) })
+            .get_or_fetch(false, &time, |_| async {
+                Ok(entry(3, &time, Duration::from_secs(60)))
+            })
             .await
             .unwrap();
         assert!(third.on_probation());
         slot.accept(3);
         assert!(!third.on_probation());
-        assert!(matches!(slot.reject(3, time.now(), backoff), Rejection::Invalidated(_)));
+        assert!(matches!(
+            slot.reject(3, time.now(), backoff),
+            Rejection::Invalidated(_)
+        ));
     }
 
     #[test]
     fn the_renewal_claim_ends_when_its_task_is_dropped_unpolled() {
-        let slot = Arc::new(Slot::new(CacheKey::builder("c").build(), TokenParams::new()));
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let slot = Arc::new(Slot::new(
+            CacheKey::builder("c").build(),
+            TokenParams::new(),
+        ));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let guard = slot.start_renewal(SystemTime::now()).unwrap();
-        assert!(slot.start_renewal(SystemTime::now()).is_none(), "one at a time");
+        assert!(
+            slot.start_renewal(SystemTime::now()).is_none(),
+            "one at a time"
+        );
         runtime.spawn(async move {
             let _guard = guard;
         });

@@ -44,7 +44,9 @@ impl TimeSource {
             TimeSource::System => {
                 let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
                 match (u64::try_from(ts.tv_sec), u64::try_from(ts.tv_nsec)) {
-                    (Ok(secs), Ok(nanos)) => secs.saturating_mul(1_000_000_000).saturating_add(nanos),
+                    (Ok(secs), Ok(nanos)) => {
+                        secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+                    }
                     _ => 0,
                 }
             }
@@ -89,7 +91,10 @@ mod tests {
         let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(7));
         let time = TimeSource::Custom(Arc::new(clock.clone()));
         assert_eq!(time.coarse_nanos(), 7_000_000_000);
-        assert_eq!(time.deadline_nanos(UNIX_EPOCH + Duration::from_secs(9)), 9_000_000_000);
+        assert_eq!(
+            time.deadline_nanos(UNIX_EPOCH + Duration::from_secs(9)),
+            9_000_000_000
+        );
         clock.advance(Duration::from_millis(1));
         assert_eq!(time.now(), UNIX_EPOCH + Duration::from_millis(7_001));
     }
