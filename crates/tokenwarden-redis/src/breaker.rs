@@ -33,6 +33,7 @@ pub(crate) struct CircuitBreaker {
 pub(crate) struct Permit<'a> {
     breaker: &'a CircuitBreaker,
     reported: bool,
+    probe: bool,
 }
 
 impl CircuitBreaker {
@@ -52,17 +53,19 @@ impl CircuitBreaker {
     /// A permit to call Redis, or `None` while the breaker is open (or a probe is in flight).
     pub(crate) fn try_acquire(&self) -> Option<Permit<'_>> {
         let mut state = self.lock();
-        match *state {
-            State::Closed { .. } => {}
+        let probe = match *state {
+            State::Closed { .. } => false,
             State::Open { until } if Instant::now() >= until => {
                 *state = State::HalfOpen;
                 tracing::debug!("redis circuit breaker half-open: probing");
+                true
             }
             State::Open { .. } | State::HalfOpen => return None,
-        }
+        };
         Some(Permit {
             breaker: self,
             reported: false,
+            probe,
         })
     }
 
@@ -70,14 +73,17 @@ impl CircuitBreaker {
         let mut state = self.lock();
         if !matches!(*state, State::Closed { .. }) {
             tracing::warn!("redis is available again: circuit breaker closed");
+            #[cfg(feature = "metrics")]
+            metrics::gauge!("tokenwarden_shared_cache_breaker_open").set(0.0);
         }
         *state = State::Closed { failures: 0 };
     }
 
     fn on_failure(&self) {
         let mut state = self.lock();
+        let now = Instant::now();
         let open = State::Open {
-            until: Instant::now() + self.cool_down,
+            until: now.checked_add(self.cool_down).unwrap_or(now),
         };
         match *state {
             State::Closed { failures } if failures + 1 >= self.threshold => {
@@ -86,6 +92,8 @@ impl CircuitBreaker {
                     cool_down_ms = u64::try_from(self.cool_down.as_millis()).unwrap_or(u64::MAX),
                     "redis is unavailable: circuit breaker opened, token cache calls fail fast"
                 );
+                #[cfg(feature = "metrics")]
+                metrics::gauge!("tokenwarden_shared_cache_breaker_open").set(1.0);
                 *state = open;
             }
             State::Closed { failures } => {
@@ -115,6 +123,12 @@ impl CircuitBreaker {
 }
 
 impl Permit<'_> {
+    /// Whether this call is the half-open probe: the first call after an outage, which decides
+    /// whether the breaker closes.
+    pub(crate) fn is_probe(&self) -> bool {
+        self.probe
+    }
+
     /// The call succeeded (Redis answered).
     pub(crate) fn success(mut self) {
         self.reported = true;
@@ -144,7 +158,12 @@ mod tests {
     fn opens_after_consecutive_failures_only() {
         let b = CircuitBreaker::new(3, Duration::from_secs(60));
         b.try_acquire().unwrap().failure();
-        b.try_acquire().unwrap().failure();
+        let closed = b.try_acquire().unwrap();
+        assert!(
+            !closed.is_probe(),
+            "calls through a closed breaker are not probes"
+        );
+        closed.failure();
         b.try_acquire().unwrap().success();
         b.try_acquire().unwrap().failure();
         b.try_acquire().unwrap().failure();
@@ -160,6 +179,7 @@ mod tests {
         b.try_acquire().unwrap().failure();
         assert!(!b.is_closed());
         let probe = b.try_acquire().expect("cool-down is over: probe");
+        assert!(probe.is_probe());
         assert!(b.try_acquire().is_none(), "only one probe at a time");
         probe.success();
         assert!(b.is_closed());

@@ -77,8 +77,8 @@ impl RedisTokenCacheBuilder {
     }
 
     /// The circuit breaker: after `failures` consecutive failed calls (default 3) every call fails
-    /// immediately for `cool_down` (default 5 s); then one call probes Redis and its success
-    /// closes the breaker again.
+    /// immediately for `cool_down` (default 5 s); then one call probes Redis (reconnecting first
+    /// if the outage left a broken connection behind) and its success closes the breaker again.
     pub fn breaker(mut self, failures: u32, cool_down: Duration) -> Self {
         self.breaker_failures = failures;
         self.breaker_cool_down = cool_down;
@@ -129,6 +129,19 @@ impl RedisTokenCacheBuilder {
         }
         if self.breaker_failures == 0 {
             return Err(Error::Config("breaker failures must be at least 1".into()));
+        }
+        // Far beyond any sensible value, and far enough from overflow that adding either to the
+        // current time is always safe.
+        const MAX: Duration = Duration::from_secs(24 * 3600);
+        for (setting, value) in [
+            ("op_timeout", self.op_timeout),
+            ("the breaker cool-down", self.breaker_cool_down),
+        ] {
+            if value > MAX {
+                return Err(Error::Config(format!(
+                    "{setting} of {value:?} is too long: at most {MAX:?}"
+                )));
+            }
         }
         if let Some(encryption) = &self.encryption {
             encryption.validate().map_err(Error::Config)?;
@@ -244,6 +257,12 @@ mod tests {
             .breaker(0, Duration::ZERO)
             .build();
         assert!(matches!(breaker, Err(Error::Config(_))));
+        for too_long in [
+            RedisTokenCacheBuilder::new("redis://h").op_timeout(Duration::MAX),
+            RedisTokenCacheBuilder::new("redis://h").breaker(3, Duration::MAX),
+        ] {
+            assert!(matches!(too_long.build(), Err(Error::Config(_))));
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokenwarden_core::{
     AccessToken, BoxFuture, CacheKey, CachedToken, Clock, Error, Lease, TokenCache,
 };
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 use crate::RedisTokenCacheBuilder;
 use crate::breaker::CircuitBreaker;
@@ -30,6 +31,10 @@ if type(v) == 'string' and string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] 
 end
 return 0
 ";
+
+/// First and longest pause between attempts to release a lease whose request had no answer.
+const LOST_LEASE_RETRY_MIN: Duration = Duration::from_millis(20);
+const LOST_LEASE_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// Deletes the lease `KEYS[1]` only if it is still held by owner `ARGV[1]`.
 const RELEASE_IF_OWNER: &str = r"
@@ -49,6 +54,10 @@ return 0
 /// miss), and after a few consecutive failures a circuit breaker makes calls fail immediately
 /// for a cool-down, so a dead Redis costs no per-request wait. Entries that are corrupt, of an
 /// unknown format version, undecryptable or no longer fresh are misses (`Ok(None)`).
+///
+/// A lease request that got no answer (a stalled Redis still runs it when it resumes) leaves a
+/// background task that releases the lease it may have created as soon as Redis answers again,
+/// so other replicas do not wait for a lease nobody holds.
 #[derive(Clone)]
 pub struct RedisTokenCache {
     inner: Arc<Inner>,
@@ -142,6 +151,12 @@ impl RedisTokenCache {
     }
 
     /// Runs one Redis operation behind the circuit breaker and the operation timeout.
+    ///
+    /// The breaker's probe first makes sure the connection works: after an outage the connection
+    /// manager still holds its last failed (or server-closed) connection, and only the command
+    /// that meets it makes it reconnect. Sent as the probe, that command would fail and keep the
+    /// breaker open for another cool-down although Redis is back; a `PING` meets it instead, and a
+    /// second `PING` waits for the fresh connection. Both stay within the operation timeout.
     async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, Error>
     where
         F: FnOnce(ConnectionManager) -> Fut,
@@ -151,23 +166,24 @@ impl RedisTokenCache {
         let Some(permit) = inner.breaker.try_acquire() else {
             return Err(Error::cache("redis unavailable: circuit breaker open"));
         };
+        let probe = permit.is_probe();
         let attempt = async {
-            let connection = inner
-                .connection
-                .get_or_try_init(|| async {
-                    ConnectionManager::new_lazy_with_config(
-                        inner.client.clone(),
-                        inner.manager_config.clone(),
-                    )
-                })
-                .await?
-                .clone();
+            let mut connection = self.connection().await?;
+            if probe {
+                ping_reconnecting(&mut connection).await?;
+            }
             f(connection).await
         };
         match tokio::time::timeout(inner.op_timeout, attempt).await {
             Ok(Ok(value)) => {
                 permit.success();
                 Ok(value)
+            }
+            // The connection's own response timeout (the same length) may fire first.
+            Ok(Err(e)) if e.is_timeout() => {
+                permit.failure();
+                tracing::debug!(op, timeout = ?inner.op_timeout, "redis call timed out");
+                Err(Error::CacheTimeout(inner.op_timeout))
             }
             Ok(Err(e)) => {
                 permit.failure();
@@ -182,6 +198,40 @@ impl RedisTokenCache {
                 tracing::debug!(op, timeout = ?inner.op_timeout, "redis call timed out");
                 Err(Error::CacheTimeout(inner.op_timeout))
             }
+        }
+    }
+
+    /// The shared connection, made on first use.
+    async fn connection(&self) -> RedisResult<ConnectionManager> {
+        let inner = &*self.inner;
+        let connection = inner
+            .connection
+            .get_or_try_init(|| async {
+                ConnectionManager::new_lazy_with_config(
+                    inner.client.clone(),
+                    inner.manager_config.clone(),
+                )
+            })
+            .await?;
+        Ok(connection.clone())
+    }
+
+    /// Compare-and-deletes the lease `lease_key` if `owner` holds it, within the operation timeout
+    /// and past the circuit breaker: `Some(true)` if it deleted the lease, `Some(false)` if Redis
+    /// answered that `owner` does not hold it, `None` without an answer.
+    async fn release_unguarded(&self, lease_key: &str, owner: &str) -> Option<bool> {
+        let attempt = async {
+            let mut connection = self.connection().await?;
+            self.inner
+                .release_script
+                .key(lease_key)
+                .arg(owner)
+                .invoke_async::<i64>(&mut connection)
+                .await
+        };
+        match tokio::time::timeout(self.inner.op_timeout, attempt).await {
+            Ok(Ok(deleted)) => Some(deleted > 0),
+            Ok(Err(_)) | Err(_) => None,
         }
     }
 
@@ -351,16 +401,22 @@ impl TokenCache for RedisTokenCache {
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
             let set: Option<String> = self
                 .call("lease", |mut con| {
-                    let owner = owner.clone();
+                    // From here on the `SET` may reach Redis; until its answer arrives, this
+                    // guard stands for the lease it may create.
+                    let unanswered = UnansweredLease::new(self, &lease_key, &owner, ttl);
+                    let mut command = redis::cmd("SET");
+                    command
+                        .arg(&lease_key)
+                        .arg(&owner)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl_ms);
                     async move {
-                        redis::cmd("SET")
-                            .arg(&lease_key)
-                            .arg(owner)
-                            .arg("NX")
-                            .arg("PX")
-                            .arg(ttl_ms)
-                            .query_async(&mut con)
-                            .await
+                        let reply = command.query_async(&mut con).await;
+                        if reply.is_ok() {
+                            unanswered.answered();
+                        }
+                        reply
                     }
                 })
                 .await?;
@@ -395,9 +451,124 @@ impl TokenCache for RedisTokenCache {
     }
 }
 
+/// A lease request (`SET NX PX`) whose answer has not arrived, because it timed out, failed on
+/// the way back, or its future was dropped (the token manager drops it when its own shared-cache
+/// timeout fires).
+///
+/// Redis may still execute such a request: a stalled server (a pause, a long fork, a `SIGSTOP`)
+/// works through its input when it resumes. The lease it creates belongs to an owner id nobody
+/// knows, so nobody releases it, and every replica's miss on that key would wait for it until
+/// its TTL ends. Unless it was answered, this guard leaves a task behind when dropped that
+/// releases the lease if it exists (compare-and-delete for this owner only, so it never touches
+/// another replica's lease) as soon as Redis answers again; see [`release_lost_lease`].
+///
+/// The task is spawned only on a Tokio runtime (outside one, dropping the guard does nothing and
+/// the lease ends with its TTL), dies with the runtime, and never outlives the lease's TTL.
+struct UnansweredLease {
+    cache: RedisTokenCache,
+    lease_key: String,
+    owner: String,
+    /// When a lease from this request would have expired had Redis executed it at once.
+    ttl_end: Instant,
+    answered: bool,
+}
+
+impl UnansweredLease {
+    fn new(cache: &RedisTokenCache, lease_key: &str, owner: &str, ttl: Duration) -> Self {
+        let now = Instant::now();
+        UnansweredLease {
+            cache: cache.clone(),
+            lease_key: lease_key.to_owned(),
+            owner: owner.to_owned(),
+            ttl_end: now.checked_add(ttl).unwrap_or(now),
+            answered: false,
+        }
+    }
+
+    /// Redis answered: the caller knows whether it holds the lease, and releases it if so.
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for UnansweredLease {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(release_lost_lease(
+            self.cache.clone(),
+            std::mem::take(&mut self.lease_key),
+            std::mem::take(&mut self.owner),
+            self.ttl_end,
+        ));
+    }
+}
+
+/// Releases the lease `owner` may hold under `lease_key` after its request went unanswered:
+/// retried with backoff until Redis answers, and given up when the lease's TTL has passed.
+///
+/// The circuit breaker is not asked: while it is open this is exactly when the lease needs
+/// releasing, and a background task costs no request any time.
+///
+/// One answer is not always enough. The release usually travels on the connection that carried
+/// the `SET`, and Redis runs one connection's commands in order, so its answer settles it. But the
+/// connection may have been replaced in between, and a resumed server may run the old
+/// connection's `SET` after the new connection's release. So an answer that finds no lease is
+/// confirmed by one more release, sent after that answer: by then the server has read its
+/// pending input.
+async fn release_lost_lease(
+    cache: RedisTokenCache,
+    lease_key: String,
+    owner: String,
+    ttl_end: Instant,
+) {
+    let release = async {
+        let mut backoff = LOST_LEASE_RETRY_MIN;
+        let mut answers = 0;
+        loop {
+            match cache.release_unguarded(&lease_key, &owner).await {
+                Some(true) => {
+                    tracing::debug!(lease = %lease_key, "released a lease whose request had no answer");
+                    return;
+                }
+                Some(false) => {
+                    answers += 1;
+                    if answers == 2 {
+                        return;
+                    }
+                }
+                None => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(LOST_LEASE_RETRY_MAX);
+                }
+            }
+        }
+    };
+    if tokio::time::timeout_at(ttl_end, release).await.is_err() {
+        tracing::debug!(lease = %lease_key, "redis did not answer within the lease TTL; a lease from the unanswered request ends with its TTL");
+    }
+}
+
 /// A random 128-bit lease owner id, in hex: unique across processes without coordination.
 fn new_owner_id() -> String {
     let mut bytes = [0u8; 16];
     OsRng.fill_bytes(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `PING`, and once more if the first one met a broken or failed connection: the connection
+/// manager reconnects when a command meets one, and the second `PING` waits for that connection.
+async fn ping_reconnecting(connection: &mut ConnectionManager) -> RedisResult<()> {
+    let ping = redis::cmd("PING");
+    match ping.query_async::<()>(connection).await {
+        Err(e) if e.is_io_error() || e.is_unrecoverable_error() => {
+            tracing::debug!(error = %e, "redis probe met a stale connection: reconnecting");
+            ping.query_async::<()>(connection).await
+        }
+        other => other,
+    }
 }

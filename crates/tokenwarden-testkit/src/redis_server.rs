@@ -16,6 +16,8 @@ use tokio::time::Instant;
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often readiness is polled while waiting.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How long `pause` and `resume` wait for the process state to change.
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many free ports `start` tries when another process wins the race for one.
 const PORT_ATTEMPTS: usize = 5;
 /// How much of the server's output is kept for error messages.
@@ -26,6 +28,8 @@ const LOG_TAIL_BYTES: usize = 4096;
 /// The server keeps nothing on disk (`--save "" --appendonly no`) and is killed when this value
 /// is dropped. [`kill`](RedisServer::kill) and [`restart`](RedisServer::restart) simulate an outage:
 /// the server comes back on the same port with the same arguments, so clients can reconnect.
+/// [`pause`](RedisServer::pause) and [`resume`](RedisServer::resume) simulate a stall: the server
+/// keeps its connections and data, and answers everything it was sent meanwhile when it resumes.
 ///
 /// ```no_run
 /// # async fn demo() -> std::io::Result<()> {
@@ -103,6 +107,60 @@ impl RedisServer {
         if let Some(mut child) = self.child.take() {
             // An error here means the process has already exited, which is what we want.
             let _ = child.kill().await;
+        }
+    }
+
+    /// Stops the server with `SIGSTOP`, as a stall would (a long fork, a paused VM): connections
+    /// stay open, the kernel still accepts new ones and buffers what clients send, but nothing is
+    /// read or answered until [`resume`](RedisServer::resume), when the server works through it
+    /// all. Returns once the process is stopped (where `/proc` shows it; elsewhere once the signal
+    /// is sent). Fails if the server is not running.
+    pub async fn pause(&mut self) -> io::Result<()> {
+        self.signal("STOP", true).await
+    }
+
+    /// Continues a server stopped by [`pause`](RedisServer::pause) with `SIGCONT`. Returns once
+    /// the process runs again (where `/proc` shows it).
+    pub async fn resume(&mut self) -> io::Result<()> {
+        self.signal("CONT", false).await
+    }
+
+    /// Sends `SIGSTOP` or `SIGCONT` with the `kill` command (no unsafe code, no FFI), then waits
+    /// until the process state says it took effect.
+    async fn signal(&mut self, signal: &str, stopped: bool) -> io::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .ok_or_else(|| io::Error::other("redis-server is not running"))?;
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await?;
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "kill -{signal} {pid} failed: {status}"
+            )));
+        }
+        let deadline = Instant::now() + SIGNAL_TIMEOUT;
+        loop {
+            match is_stopped(pid) {
+                // No `/proc` here: the signal was sent, which is all we can know.
+                None => return Ok(()),
+                Some(state) if state == stopped => return Ok(()),
+                Some(_) if Instant::now() >= deadline => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "redis-server did not take SIGSTOP/SIGCONT ({signal}) within {SIGNAL_TIMEOUT:?}"
+                        ),
+                    ));
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
         }
     }
 
@@ -196,6 +254,15 @@ impl RedisServer {
     }
 }
 
+/// Whether process `pid` is stopped by a signal, from `/proc/PID/stat`; `None` where that file
+/// cannot be read or parsed (no `/proc`).
+fn is_stopped(pid: u32) -> Option<bool> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `PID (COMM) STATE ...`; COMM may hold spaces and parentheses, so split at the last `)`.
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    Some(state == "T" || state == "t")
+}
+
 /// Reserves a free loopback port by binding port 0, then releases it for the server.
 fn free_port() -> io::Result<u16> {
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
@@ -248,6 +315,25 @@ mod tests {
         server.restart().await.unwrap();
         assert_eq!(server.port(), port);
         assert!(answers_ping(port).await);
+    }
+
+    #[tokio::test]
+    async fn a_paused_server_answers_nothing_until_it_resumes() {
+        let mut server = RedisServer::start().await.unwrap();
+        let port = server.port();
+        server.pause().await.unwrap();
+        assert!(
+            !answers_ping(port).await,
+            "a stopped server answers nothing"
+        );
+        server.resume().await.unwrap();
+        assert!(answers_ping(port).await);
+        // A stopped server can still be killed and restarted.
+        server.pause().await.unwrap();
+        server.restart().await.unwrap();
+        assert!(answers_ping(port).await);
+        server.kill().await;
+        assert!(server.pause().await.is_err(), "nothing to pause");
     }
 
     #[tokio::test]
