@@ -71,16 +71,25 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
 
     let metrics = manager.metrics();
     println!();
-    println!("requests sent            {}", ok + failed);
-    println!("  succeeded              {ok}");
-    println!("  failed                 {failed}");
+    println!("requests sent by the app                   {}", ok + failed);
+    println!("  answered with success                    {ok}");
+    println!("  failed (as the app saw them)             {failed}");
     println!(
-        "token requests made      {}",
+        "token requests the server received         {}",
         server.token_requests("billing")
     );
-    println!("401s seen by the layer   {}", server.api_rejections());
-    println!("replays after a 401      {}", metrics.replays);
-    println!("tokens invalidated       {}", metrics.invalidations);
+    println!(
+        "401s the API answered                      {}",
+        server.api_rejections()
+    );
+    println!(
+        "requests the layer replayed after a 401    {}",
+        metrics.replays
+    );
+    println!(
+        "cached tokens the layer invalidated        {}",
+        metrics.invalidations
+    );
     server.shutdown().await;
     if failed > 0 {
         return Err(format!("{failed} requests failed").into());

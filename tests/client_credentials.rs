@@ -265,6 +265,7 @@ async fn an_oauth_error_body_becomes_a_typed_error() {
             error,
             description,
             retry_after,
+            ..
         }) => {
             assert_eq!(*status, http::StatusCode::BAD_REQUEST);
             assert_eq!(error, "invalid_scope");

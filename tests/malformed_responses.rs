@@ -92,7 +92,7 @@ async fn a_hung_token_endpoint_times_out() {
         .unwrap();
     let error = manager.token(CLIENT).await.unwrap_err();
     assert!(
-        matches!(error.oauth_error(), Some(OAuthError::Timeout(_))),
+        matches!(error.oauth_error(), Some(OAuthError::Timeout { .. })),
         "{error:?}"
     );
     assert!(error.is_retryable());
@@ -102,7 +102,7 @@ async fn a_hung_token_endpoint_times_out() {
 async fn a_server_error_page() {
     let error = error_for(Failure::Status(http::StatusCode::INTERNAL_SERVER_ERROR)).await;
     assert!(
-        matches!(error.oauth_error(), Some(OAuthError::UnexpectedStatus { status, retry_after: None }) if status.as_u16() == 500),
+        matches!(error.oauth_error(), Some(OAuthError::UnexpectedStatus { status, retry_after: None, .. }) if status.as_u16() == 500),
         "{error:?}"
     );
 }

@@ -2,7 +2,7 @@ use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt as _, Full};
 use tokenwarden_core::{BoxError, TokenParams};
@@ -26,7 +26,7 @@ impl OAuthClient {
     /// A client over the default transport: hyper-util's pooled client with rustls (ring provider,
     /// the platform's root certificates or else the bundled webpki roots), HTTP/1.1 and HTTP/2.
     ///
-    /// Fails with [`Error::Transport`] only if TLS cannot be set up.
+    /// Fails with [`Error::Config`] only if TLS cannot be set up.
     pub fn new() -> Result<OAuthClient, Error> {
         Ok(OAuthClient::with_transport(default_transport()?))
     }
@@ -79,11 +79,22 @@ impl OAuthClient {
             grant_type,
             "requesting a token"
         );
-        let exchange = send(self.transport.clone(), request, client.max_response_bytes());
+        let endpoint = client.token_endpoint();
+        let exchange = send(
+            self.transport.clone(),
+            request,
+            endpoint,
+            client.max_response_bytes(),
+        );
         let result = match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok((status, headers, body))) => parse_token_response(status, &headers, &body),
+            Ok(Ok((status, headers, body))) => {
+                parse_token_response(endpoint, status, &headers, &body)
+            }
             Ok(Err(error)) => Err(error),
-            Err(_elapsed) => Err(Error::Timeout(timeout)),
+            Err(_elapsed) => Err(Error::Timeout {
+                endpoint: endpoint.to_string(),
+                after: timeout,
+            }),
         }
         .and_then(|response| grant.check_response(response));
         match &result {
@@ -114,11 +125,15 @@ impl fmt::Debug for OAuthClient {
 async fn send(
     transport: Transport,
     request: http::Request<Full<Bytes>>,
+    endpoint: &Uri,
     limit: usize,
 ) -> Result<(StatusCode, HeaderMap, Bytes), Error> {
-    let response = transport.oneshot(request).await.map_err(Error::Transport)?;
+    let response = transport
+        .oneshot(request)
+        .await
+        .map_err(|e| Error::transport(endpoint, e))?;
     let (parts, body) = response.into_parts();
-    let body = read_limited(&parts.headers, body, limit).await?;
+    let body = read_limited(&parts.headers, body, endpoint, limit).await?;
     Ok((parts.status, parts.headers, body))
 }
 
@@ -127,6 +142,7 @@ async fn send(
 async fn read_limited(
     headers: &HeaderMap,
     mut body: ResponseBody,
+    endpoint: &Uri,
     limit: usize,
 ) -> Result<Bytes, Error> {
     let too_large = Error::ResponseTooLarge { limit };
@@ -141,7 +157,7 @@ async fn read_limited(
     let expected = announced.unwrap_or(body.size_hint().lower()).min(limit_u64);
     let mut buf = BytesMut::with_capacity(usize::try_from(expected).unwrap_or(limit).min(limit));
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(Error::Transport)?;
+        let frame = frame.map_err(|e| Error::transport(endpoint, e))?;
         if let Ok(data) = frame.into_data() {
             if data.len() > limit - buf.len() {
                 return Err(too_large);

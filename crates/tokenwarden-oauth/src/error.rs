@@ -1,6 +1,8 @@
+use std::error::Error as StdError;
+use std::fmt;
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{StatusCode, Uri};
 use tokenwarden_core::BoxError;
 
 /// Errors of a token request, from configuration to the server's answer.
@@ -12,10 +14,12 @@ use tokenwarden_core::BoxError;
 pub enum Error {
     /// The token endpoint answered with an OAuth 2.0 error body (RFC 6749 §5.2).
     #[error(
-        "token endpoint returned error {error:?} (status {status}){}",
+        "token endpoint {endpoint} returned error {error:?} (status {status}){}",
         description_suffix(description.as_deref())
     )]
     TokenEndpoint {
+        /// The token endpoint.
+        endpoint: String,
         /// The HTTP status of the response.
         status: StatusCode,
         /// The `error` code, e.g. `invalid_client` or `invalid_scope`.
@@ -26,21 +30,39 @@ pub enum Error {
         /// 503 response).
         retry_after: Option<Duration>,
     },
-    /// The token endpoint answered with a non-2xx status and no OAuth 2.0 error body.
-    #[error("token endpoint returned unexpected status {status}")]
+    /// The token endpoint answered with a non-2xx status and no OAuth 2.0 error body (a 404
+    /// usually means the endpoint URL is wrong).
+    #[error("token endpoint {endpoint} answered {status}")]
     UnexpectedStatus {
+        /// The token endpoint.
+        endpoint: String,
         /// The HTTP status of the response.
         status: StatusCode,
         /// How long the server asked to wait before trying again (`Retry-After` on a 429 or
         /// 503 response).
         retry_after: Option<Duration>,
     },
-    /// The request could not be sent or the response could not be read (connection, TLS, I/O).
-    #[error("token endpoint transport error")]
-    Transport(#[source] BoxError),
-    /// The whole exchange (request and response body) took longer than the client's timeout.
-    #[error("token request timed out after {0:?}")]
-    Timeout(Duration),
+    /// The request could not be sent or the response could not be read: `kind` says what went
+    /// wrong (connection refused, DNS, TLS, ...), `source` how the transport put it.
+    #[error("could not reach the token endpoint {endpoint}: {kind}")]
+    Transport {
+        /// The token endpoint.
+        endpoint: String,
+        /// What went wrong, as far as it can be told.
+        kind: TransportKind,
+        /// The transport's error.
+        #[source]
+        source: BoxError,
+    },
+    /// No complete answer (response body included) within the client's timeout, or the
+    /// manager's deadline.
+    #[error("token endpoint {endpoint} did not answer within {after:?}")]
+    Timeout {
+        /// The token endpoint.
+        endpoint: String,
+        /// How long it was given.
+        after: Duration,
+    },
     /// The response is not a valid token response; the message names the problem, never a token value.
     #[error("invalid token response: {0}")]
     InvalidResponse(String),
@@ -67,7 +89,7 @@ impl Error {
             Error::TokenEndpoint { status, .. } | Error::UnexpectedStatus { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            Error::Transport(_) | Error::Timeout(_) => true,
+            Error::Transport { .. } | Error::Timeout { .. } => true,
             Error::InvalidResponse(_)
             | Error::ResponseTooLarge { .. }
             | Error::InvalidToken(_)
@@ -79,9 +101,8 @@ impl Error {
     /// on a 429 or 503 response).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::TokenEndpoint { retry_after, .. } | Error::UnexpectedStatus { retry_after, .. } => {
-                *retry_after
-            }
+            Error::TokenEndpoint { retry_after, .. }
+            | Error::UnexpectedStatus { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -92,6 +113,87 @@ impl Error {
 
     pub(crate) fn invalid_response(message: impl Into<String>) -> Self {
         Error::InvalidResponse(message.into())
+    }
+}
+
+/// What kind of transport failure an [`Error::Transport`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportKind {
+    /// Nothing listens at the endpoint's address and port.
+    ConnectionRefused,
+    /// The endpoint's host name could not be resolved.
+    Dns,
+    /// The TLS handshake failed (certificate not trusted, wrong host name, protocol).
+    Tls,
+    /// Connecting (or a read or write) timed out in the transport.
+    Timeout,
+    /// The connection was closed or reset before the answer was complete.
+    ConnectionClosed,
+    /// Anything else; the source says what.
+    Other,
+}
+
+impl TransportKind {
+    /// Tells what `error` was from the errors in its chain: I/O error kinds, rustls's error,
+    /// and hyper-util's connector, which says `dns error` (its type is private).
+    pub fn of(error: &(dyn StdError + 'static)) -> TransportKind {
+        let mut current = Some(error);
+        while let Some(error) = current {
+            if error.downcast_ref::<rustls::Error>().is_some() {
+                return TransportKind::Tls;
+            }
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => {
+                        return TransportKind::ConnectionRefused;
+                    }
+                    std::io::ErrorKind::TimedOut => return TransportKind::Timeout,
+                    std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof => return TransportKind::ConnectionClosed,
+                    _ => {}
+                }
+                // An I/O error's `source()` skips the error it wraps: look at that one too.
+                if let Some(inner) = io.get_ref() {
+                    let kind = TransportKind::of(inner);
+                    if kind != TransportKind::Other {
+                        return kind;
+                    }
+                }
+            }
+            if error.to_string() == "dns error" {
+                return TransportKind::Dns;
+            }
+            current = error.source();
+        }
+        TransportKind::Other
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::ConnectionRefused => "connection refused",
+            TransportKind::Dns => "the host name could not be resolved (DNS)",
+            TransportKind::Tls => "the TLS handshake failed",
+            TransportKind::Timeout => "the connection timed out",
+            TransportKind::ConnectionClosed => {
+                "the connection was closed before the answer was complete"
+            }
+            TransportKind::Other => "transport error",
+        })
+    }
+}
+
+impl Error {
+    pub(crate) fn transport(endpoint: &Uri, source: BoxError) -> Self {
+        Error::Transport {
+            endpoint: endpoint.to_string(),
+            kind: TransportKind::of(&*source),
+            source,
+        }
     }
 }
 
@@ -106,15 +208,21 @@ fn description_suffix(description: Option<&str>) -> String {
 mod tests {
     use super::*;
 
+    fn endpoint() -> String {
+        "https://idp.example.com/oauth2/token".to_owned()
+    }
+
     #[test]
     fn retryable_by_cause() {
         let oauth = |status: u16| Error::TokenEndpoint {
+            endpoint: endpoint(),
             status: StatusCode::from_u16(status).unwrap(),
             error: "invalid_client".into(),
             description: None,
             retry_after: None,
         };
         let unexpected = |status: u16| Error::UnexpectedStatus {
+            endpoint: endpoint(),
             status: StatusCode::from_u16(status).unwrap(),
             retry_after: None,
         };
@@ -126,8 +234,12 @@ mod tests {
         assert!(unexpected(502).is_retryable());
         assert!(unexpected(429).is_retryable());
         assert!(!unexpected(404).is_retryable());
-        assert!(Error::Transport("reset".into()).is_retryable());
-        assert!(Error::Timeout(Duration::from_secs(1)).is_retryable());
+        assert!(Error::transport(&endpoint().parse().unwrap(), "reset".into()).is_retryable());
+        let timeout = Error::Timeout {
+            endpoint: endpoint(),
+            after: Duration::from_secs(1),
+        };
+        assert!(timeout.is_retryable());
         assert!(!Error::invalid_response("x").is_retryable());
         assert!(!Error::ResponseTooLarge { limit: 1 }.is_retryable());
         assert!(!Error::config("x").is_retryable());
@@ -136,8 +248,9 @@ mod tests {
     }
 
     #[test]
-    fn messages_are_lower_case_and_quote_server_text() {
+    fn messages_name_the_endpoint_and_quote_server_text() {
         let e = Error::TokenEndpoint {
+            endpoint: endpoint(),
             status: StatusCode::UNAUTHORIZED,
             error: "invalid_client".into(),
             description: Some("bad\nline".into()),
@@ -145,19 +258,64 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            r#"token endpoint returned error "invalid_client" (status 401 Unauthorized): "bad\nline""#
+            r#"token endpoint https://idp.example.com/oauth2/token returned error "invalid_client" (status 401 Unauthorized): "bad\nline""#
         );
         let e = Error::UnexpectedStatus {
-            status: StatusCode::BAD_GATEWAY,
+            endpoint: endpoint(),
+            status: StatusCode::NOT_FOUND,
             retry_after: None,
         };
         assert_eq!(
             e.to_string(),
-            "token endpoint returned unexpected status 502 Bad Gateway"
+            "token endpoint https://idp.example.com/oauth2/token answered 404 Not Found"
+        );
+        let e = Error::Timeout {
+            endpoint: endpoint(),
+            after: Duration::from_millis(250),
+        };
+        assert_eq!(
+            e.to_string(),
+            "token endpoint https://idp.example.com/oauth2/token did not answer within 250ms"
+        );
+    }
+
+    #[test]
+    fn transport_failures_are_told_apart() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = Error::transport(&endpoint().parse().unwrap(), Box::new(refused));
+        assert_eq!(
+            e.to_string(),
+            "could not reach the token endpoint https://idp.example.com/oauth2/token: connection refused"
+        );
+        #[derive(Debug)]
+        struct Named(&'static str, Option<std::io::Error>);
+        impl fmt::Display for Named {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl StdError for Named {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                self.1.as_ref().map(|e| e as _)
+            }
+        }
+        let dns = Named(
+            "dns error",
+            Some(std::io::Error::other("failed to lookup address")),
         );
         assert_eq!(
-            Error::Timeout(Duration::from_millis(250)).to_string(),
-            "token request timed out after 250ms"
+            TransportKind::of(&Named("client error", None)),
+            TransportKind::Other
         );
+        let outer = Named("client error (Connect)", None);
+        assert_eq!(TransportKind::of(&outer), TransportKind::Other);
+        assert_eq!(TransportKind::of(&dns), TransportKind::Dns);
+        let tls = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert_eq!(TransportKind::of(&tls), TransportKind::Tls);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(TransportKind::of(&reset), TransportKind::ConnectionClosed);
     }
 }

@@ -114,8 +114,11 @@ impl Grant for ExtensionGrant {
 
     /// The grant type, scope, resources and audience, and every parameter as a digest.
     fn cache_key(&self, params: &TokenParams, key: CacheKeyBuilder) -> CacheKeyBuilder {
-        self.target
-            .cache_key(params, key.part("grant_type", &self.grant_type), ParamsInKey::Hashed)
+        self.target.cache_key(
+            params,
+            key.part("grant_type", &self.grant_type),
+            ParamsInKey::Hashed,
+        )
     }
 }
 
@@ -141,21 +144,33 @@ mod tests {
         let mut form = Form::default();
         grant.form(&TokenParams::new(), &mut form).unwrap();
         assert_eq!(form.pairs(), [("scope", "s"), ("input", "first-value")]);
-        let key = |g: &ExtensionGrant| g.cache_key(&TokenParams::new(), CacheKey::builder("c")).build();
+        let key = |g: &ExtensionGrant| {
+            g.cache_key(&TokenParams::new(), CacheKey::builder("c"))
+                .build()
+        };
         let other = ExtensionGrant::new(idp(), "urn:example:test")
             .param("input", "second-value")
             .scope("s");
         assert_ne!(key(&grant), key(&other));
         let text = key(&grant);
         assert!(text.as_str().contains("x.grant_type=urn%3Aexample%3Atest"));
-        assert!(!text.as_str().contains("first-value"), "values are hashed: {text}");
-        assert!(!format!("{grant:?}").contains("first-value"), "and not printed");
+        assert!(
+            !text.as_str().contains("first-value"),
+            "values are hashed: {text}"
+        );
+        assert!(
+            !format!("{grant:?}").contains("first-value"),
+            "and not printed"
+        );
     }
 
     #[test]
     fn a_grant_type_that_is_no_name_is_refused() {
         for bad in ["", "two words", "line\nbreak"] {
-            assert!(ExtensionGrant::new(idp(), bad).validate().is_err(), "{bad:?}");
+            assert!(
+                ExtensionGrant::new(idp(), bad).validate().is_err(),
+                "{bad:?}"
+            );
         }
         assert!(ExtensionGrant::new(idp(), "delegation").validate().is_ok());
     }

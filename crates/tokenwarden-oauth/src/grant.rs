@@ -103,7 +103,10 @@ impl Form {
 
     #[cfg(test)]
     pub(crate) fn pairs(&self) -> Vec<(&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()
+        self.0
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect()
     }
 }
 

@@ -1,13 +1,13 @@
 //! The HTTP request of a token request: the grant's form, client authentication and encoding,
 //! the same for every grant.
 
+use crate::{ClientAuth, ClientConfig, Error, Form};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request};
 use http_body_util::Full;
-use crate::{ClientAuth, ClientConfig, Error, Form};
 
 /// The HTTP request for `form`, authenticated as `client`.
 pub(crate) fn token_request(

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::header::RETRY_AFTER;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, StatusCode, Uri};
 use serde_json::{Map, Value};
 use tokenwarden_core::{AccessToken, Secret, TokenType};
 
@@ -77,6 +77,7 @@ impl TokenResponse {
 /// An OAuth error body wins over everything else, whatever the status: a `200` carrying `error`
 /// is an error. Messages name the field at fault but never repeat a value from the body.
 pub(crate) fn parse_token_response(
+    endpoint: &Uri,
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
@@ -84,12 +85,13 @@ pub(crate) fn parse_token_response(
     let parsed = serde_json::from_slice::<Value>(body);
     let retry_after = retry_after(status, headers);
     if let Ok(Value::Object(map)) = &parsed
-        && let Some(error) = oauth_error(status, map, retry_after)
+        && let Some(error) = oauth_error(endpoint, status, map, retry_after)
     {
         return Err(error);
     }
     if !status.is_success() {
         return Err(Error::UnexpectedStatus {
+            endpoint: endpoint.to_string(),
             status,
             retry_after,
         });
@@ -166,6 +168,7 @@ fn parse_success(map: &Map<String, Value>) -> Result<TokenResponse, Error> {
 
 /// RFC 6749 §5.2: an object with a string `error` is an error response.
 fn oauth_error(
+    endpoint: &Uri,
     status: StatusCode,
     map: &Map<String, Value>,
     retry_after: Option<Duration>,
@@ -179,6 +182,7 @@ fn oauth_error(
         _ => None,
     };
     Some(Error::TokenEndpoint {
+        endpoint: endpoint.to_string(),
         status,
         error,
         description,
@@ -199,7 +203,10 @@ fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 fn parse_expires_in(value: Option<&Value>) -> Result<Option<Duration>, Error> {
@@ -289,8 +296,17 @@ fn kind(value: &Value) -> &'static str {
 mod tests {
     use super::*;
 
+    fn endpoint() -> Uri {
+        Uri::from_static("https://idp.example.com/token")
+    }
+
     fn ok(body: &str) -> Result<TokenResponse, Error> {
-        parse_token_response(StatusCode::OK, &HeaderMap::new(), body.as_bytes())
+        parse_token_response(
+            &endpoint(),
+            StatusCode::OK,
+            &HeaderMap::new(),
+            body.as_bytes(),
+        )
     }
 
     fn invalid(body: &str) -> String {
@@ -503,7 +519,7 @@ mod tests {
             StatusCode::OK,
             StatusCode::SERVICE_UNAVAILABLE,
         ] {
-            match parse_token_response(status, &HeaderMap::new(), body) {
+            match parse_token_response(&endpoint(), status, &HeaderMap::new(), body) {
                 Err(Error::TokenEndpoint {
                     status: s,
                     error,
@@ -517,7 +533,12 @@ mod tests {
                 other => panic!("{status}: {other:?}"),
             }
         }
-        match parse_token_response(StatusCode::BAD_REQUEST, &HeaderMap::new(), br#"{"error":"invalid_scope"}"#) {
+        match parse_token_response(
+            &endpoint(),
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            br#"{"error":"invalid_scope"}"#,
+        ) {
             Err(Error::TokenEndpoint {
                 error,
                 description: None,
@@ -536,7 +557,7 @@ mod tests {
             (StatusCode::BAD_REQUEST, r#"{"error":42}"#),
             (StatusCode::UNAUTHORIZED, r#"{"access_token":"t"}"#),
         ] {
-            match parse_token_response(status, &HeaderMap::new(), body.as_bytes()) {
+            match parse_token_response(&endpoint(), status, &HeaderMap::new(), body.as_bytes()) {
                 Err(Error::UnexpectedStatus { status: s, .. }) => assert_eq!(s, status),
                 other => panic!("{status} {body}: {other:?}"),
             }
@@ -566,21 +587,34 @@ mod tests {
             headers
         };
         let wait = |status: u16, headers: &HeaderMap| {
-            parse_token_response(StatusCode::from_u16(status).unwrap(), headers, b"")
-                .unwrap_err()
-                .retry_after()
+            parse_token_response(
+                &endpoint(),
+                StatusCode::from_u16(status).unwrap(),
+                headers,
+                b"",
+            )
+            .unwrap_err()
+            .retry_after()
         };
         assert_eq!(wait(503, &with("3")), Some(Duration::from_secs(3)));
         assert_eq!(wait(429, &with(" 120 ")), Some(Duration::from_secs(120)));
         let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
         let waited = wait(503, &with(&soon)).unwrap();
-        assert!(waited > Duration::from_secs(28) && waited <= Duration::from_secs(30), "{waited:?}");
+        assert!(
+            waited > Duration::from_secs(28) && waited <= Duration::from_secs(30),
+            "{waited:?}"
+        );
         let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(30));
         assert_eq!(wait(429, &with(&past)), Some(Duration::ZERO));
-        assert_eq!(wait(503, &with("soon")), None, "malformed values are ignored");
+        assert_eq!(
+            wait(503, &with("soon")),
+            None,
+            "malformed values are ignored"
+        );
         assert_eq!(wait(500, &with("3")), None, "only 429 and 503 carry it");
         assert_eq!(wait(503, &HeaderMap::new()), None);
         let oauth = parse_token_response(
+            &endpoint(),
             StatusCode::TOO_MANY_REQUESTS,
             &with("7"),
             br#"{"error":"slow_down"}"#,

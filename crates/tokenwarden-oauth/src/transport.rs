@@ -41,18 +41,33 @@ where
     )
 }
 
-/// How long an idle pooled connection is kept; token requests are minutes apart, so keeping
-/// connections much longer would mostly hold sockets the server has closed already.
+/// How long an idle pooled connection is kept; longer mostly holds sockets servers have closed
+/// already (token requests are minutes apart).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The default client: hyper-util's pooled client over rustls with the ring provider, HTTP/1.1
-/// and HTTP/2 (negotiated by ALPN), `https` and `http` URIs (the endpoint check lives in
-/// [`crate::ClientConfigBuilder::build`]).
+/// A hyper-util client for the outgoing requests your services send, speaking https and http,
+/// HTTP/1.1 and HTTP/2 (negotiated by ALPN): the same TLS set-up as the token endpoint's
+/// client (rustls with the ring provider; the platform's root certificates, or where the
+/// platform has none, as in a minimal container, the Mozilla roots bundled by `webpki-roots`).
 ///
-/// Trusts the platform's root certificates; where the platform has none (a minimal container),
-/// the Mozilla roots bundled by `webpki-roots`.
-pub(crate) fn default_transport()
--> Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>, Error> {
+/// No feature gates it: the TLS stack is a dependency of the token endpoint's client already.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tokenwarden_oauth::Error> {
+/// let http = tokenwarden_oauth::https_client::<Full<Bytes>>()?;
+/// # let _ = http;
+/// # Ok(())
+/// # }
+/// ```
+pub fn https_client<B>() -> Result<HttpsClient<B>, Error>
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+{
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = match HttpsConnectorBuilder::new()
         .with_provider_and_native_roots(provider.clone())
@@ -62,7 +77,7 @@ pub(crate) fn default_transport()
             tracing::debug!(%error, "no usable platform root certificates, using the bundled webpki roots");
             HttpsConnectorBuilder::new()
                 .with_provider_and_webpki_roots(provider)
-                .map_err(|e| Error::Transport(Box::new(e)))?
+                .map_err(|e| Error::config(format!("cannot set up TLS: {e}")))?
         }
     };
     let connector = builder
@@ -74,4 +89,13 @@ pub(crate) fn default_transport()
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .build(connector))
+}
+
+/// The client [`https_client`] builds.
+pub type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
+
+/// The token endpoint's client: [`https_client`] (the endpoint check lives in
+/// [`crate::ClientConfigBuilder::build`]).
+pub(crate) fn default_transport() -> Result<HttpsClient<Full<Bytes>>, Error> {
+    https_client()
 }

@@ -176,6 +176,7 @@ async fn default_transport_reports_the_servers_oauth_error() {
             error,
             description,
             retry_after,
+            ..
         } => {
             assert_eq!(*status, StatusCode::UNAUTHORIZED);
             assert_eq!(*retry_after, None);
@@ -229,7 +230,7 @@ async fn a_refused_connection_is_a_retryable_transport_error() {
         .request_token(&client(addr), &TokenParams::new())
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Transport(_)), "{err:?}");
+    assert!(matches!(err, Error::Transport { .. }), "{err:?}");
     assert!(err.is_retryable());
 }
 
@@ -255,7 +256,7 @@ async fn a_server_that_accepts_but_never_answers_times_out() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::Timeout(d) if d == Duration::from_millis(300)),
+        matches!(err, Error::Timeout { after: d, .. } if d == Duration::from_millis(300)),
         "{err:?}"
     );
     assert!(err.is_retryable());
@@ -291,7 +292,7 @@ async fn a_server_that_stalls_mid_body_times_out() {
         .request_token(&client, &TokenParams::new())
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
 }
 
 /// A 10 MB server body in 64 KiB chunks, counting what hyper pulled from it.

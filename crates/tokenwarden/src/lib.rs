@@ -5,6 +5,7 @@
 mod error;
 pub mod layer;
 mod manager;
+pub mod metrics;
 
 pub use error::Error;
 pub use layer::{
@@ -18,7 +19,8 @@ pub use tokenwarden_core::{
 };
 pub use tokenwarden_memory::MemoryTokenCache;
 pub use tokenwarden_oauth::{
-    ClientAuth, ClientConfig, ClientCredentials, ExtensionGrant, Grant, OAuthClient,
+    ClientAuth, ClientConfig, ClientCredentials, ExtensionGrant, Grant, HttpsClient, OAuthClient,
+    https_client,
 };
 
 /// The crates tokenwarden is made of, for what the facade does not re-export.

@@ -366,7 +366,8 @@ where
                 tracing::warn!("a kept request no longer parses; returning the 401");
                 return Poll::Ready(Ok(None));
             };
-            self.shared.config.manager.count_replay();
+            let config = &self.shared.config;
+            config.manager.count_replay(&config.client);
             self.probation = entry.on_probation().then(|| Probation {
                 manager: self.shared.config.manager.clone(),
                 slot: self.slot.clone(),

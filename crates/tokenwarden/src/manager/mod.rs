@@ -14,7 +14,7 @@ mod time;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -22,11 +22,12 @@ use http::HeaderValue;
 use tokenwarden_core::{AccessToken, CacheKey, CachedToken, Clock, TokenCache, TokenParams};
 use tokenwarden_oauth::{Grant, OAuthClient};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 pub use renewal::RetryPolicy;
 pub(crate) use slot::{Entry, Slot, TokenView};
 
-use renewal::Timing;
+use renewal::{Stop, Timing};
 use shared::{Found, SharedTier};
 use slot::{Freshness, Rejection};
 use source::Source;
@@ -120,6 +121,73 @@ struct Counters {
     background_renewals: AtomicU64,
     invalidations: AtomicU64,
     replays: AtomicU64,
+}
+
+/// Why a token is acquired rather than taken from the slot.
+#[derive(Clone, Copy, Debug)]
+enum Reason {
+    /// None was cached.
+    Missing,
+    /// The cached one is no longer sent.
+    Expired,
+    /// Renewal ahead of expiry, in the background.
+    Due,
+    /// The caller asked for a new one.
+    Forced,
+    /// A resource server rejected the cached one.
+    Rejected,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Expired => "expired",
+            Reason::Due => "due",
+            Reason::Forced => "forced",
+            Reason::Rejected => "rejected",
+        }
+    }
+}
+
+/// Where an acquisition's token came from: the farthest tier it reached.
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum Tier {
+    /// Another caller's attempt, or a token that became fresh while this one waited.
+    Memory,
+    Shared,
+    Endpoint,
+}
+
+/// What an acquisition did, filled in as it goes (shared with the attempt's future, which may
+/// run on another thread).
+struct Progress {
+    tier: AtomicU8,
+    attempts: AtomicU32,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            tier: AtomicU8::new(Tier::Memory as u8),
+            attempts: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Progress {
+    fn reached(&self, tier: Tier) {
+        self.tier.store(tier as u8, Ordering::Relaxed);
+    }
+
+    fn tier(&self) -> &'static str {
+        match self.tier.load(Ordering::Relaxed) {
+            t if t == Tier::Shared as u8 => "shared",
+            t if t == Tier::Endpoint as u8 => "endpoint",
+            _ => "memory",
+        }
+    }
 }
 
 /// Counts of what a [`TokenManager`] did since it was built (all clients together).
@@ -430,7 +498,7 @@ impl TokenManager {
         else {
             return Ok(false);
         };
-        self.invalidated(&slot, &entry).await;
+        self.invalidated(&client, &slot, &entry).await;
         Ok(true)
     }
 
@@ -483,8 +551,9 @@ impl TokenManager {
         self.inner.time.now()
     }
 
-    pub(crate) fn count_replay(&self) {
+    pub(crate) fn count_replay(&self, client: &NamedClient) {
         self.inner.counters.replays.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::replay(&client.name);
     }
 
     /// The hot path: the token of `slot`, read through the caller's `view` of it, if it may be
@@ -568,48 +637,89 @@ impl TokenManager {
         slot: &Arc<Slot>,
         force: bool,
     ) -> Result<Arc<Entry>, Error> {
-        if !force && let Some(entry) = slot.current_full() {
-            match entry.freshness(self.now()) {
+        self.entry_or(client, slot, force, Reason::Missing).await
+    }
+
+    /// [`entry`](Self::entry), saying why a token is missing, if it is.
+    async fn entry_or(
+        &self,
+        client: &Arc<NamedClient>,
+        slot: &Arc<Slot>,
+        force: bool,
+        missing: Reason,
+    ) -> Result<Arc<Entry>, Error> {
+        let reason = match slot.current_full() {
+            _ if force => Reason::Forced,
+            None => missing,
+            Some(entry) => match entry.freshness(self.now()) {
                 Freshness::Fresh => return Ok(entry),
                 Freshness::Due => {
                     self.renew_in_background(client, slot);
                     return Ok(entry);
                 }
-                Freshness::Unusable => {}
-            }
-        }
-        self.acquire(client, slot, force).await
+                Freshness::Unusable => Reason::Expired,
+            },
+        };
+        self.acquire(client, slot, force, reason).await
     }
 
-    /// A new token for `slot`, one attempt for all callers, within the acquire timeout.
+    /// A new token for `slot`, one attempt for all callers, within the acquire timeout; in a
+    /// span that says what it took (never a secret).
     async fn acquire(
         &self,
         client: &NamedClient,
         slot: &Slot,
         force: bool,
+        reason: Reason,
     ) -> Result<Arc<Entry>, Error> {
         // Without a runtime the timers below would panic; say so instead.
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::NoRuntime);
         }
+        let span = tracing::info_span!(
+            "token_acquisition",
+            client = %client.name,
+            grant = %client.grant,
+            reason = reason.as_str(),
+            tier = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let progress = Progress::default();
         let timeout = self.inner.acquire_timeout;
-        let deadline = Instant::now()
-            .checked_add(timeout)
-            .unwrap_or_else(Instant::now);
+        let deadline = started.checked_add(timeout).unwrap_or(started);
         let attempt = slot.get_or_fetch(force, &self.inner.time, |previous| {
-            self.fetch(client, slot, force, previous, deadline)
+            self.fetch(client, slot, force, previous, deadline, &progress)
         });
-        match tokio::time::timeout_at(deadline, attempt).await {
+        let result = match tokio::time::timeout_at(deadline, attempt)
+            .instrument(span.clone())
+            .await
+        {
             Ok(result) => result,
-            Err(_elapsed) => {
+            Err(_elapsed) => Err(Error::Timeout {
+                client: client.name.clone(),
+                grant: client.grant.clone(),
+                timeout,
+            }),
+        };
+        let took = started.elapsed();
+        let tier = match &result {
+            Ok(_) => progress.tier(),
+            Err(_) => "failed",
+        };
+        span.record("tier", tier);
+        span.record("attempts", progress.attempts.load(Ordering::Relaxed));
+        span.record("duration_ms", took.as_millis() as u64);
+        span.record("outcome", if result.is_ok() { "ok" } else { "error" });
+        crate::metrics::acquisition(&client.name, tier, reason.as_str(), took);
+        if let Err(Error::Timeout { .. }) = &result {
+            span.in_scope(|| {
                 tracing::warn!(client = %client.name, ?timeout, "no token within the acquire timeout");
-                Err(Error::Timeout {
-                    client: client.name.clone(),
-                    grant: client.grant.clone(),
-                    timeout,
-                })
-            }
+            });
         }
+        result
     }
 
     /// The fetch of one attempt: through the shared tier, if there is one.
@@ -620,9 +730,12 @@ impl TokenManager {
         force: bool,
         previous: Option<Arc<Entry>>,
         deadline: Instant,
+        progress: &Progress,
     ) -> Result<Entry, Error> {
         let Some(shared) = &self.inner.shared else {
-            return self.fetch_from_source(client, slot, deadline).await;
+            return self
+                .fetch_from_source(client, slot, deadline, progress)
+                .await;
         };
         let rejected = slot.rejected();
         let accept = |cached: CachedToken| -> Option<Entry> {
@@ -636,7 +749,7 @@ impl TokenManager {
             if stale {
                 return None;
             }
-            match self.entry_for(cached) {
+            match self.entry_of(cached) {
                 Ok(entry) => Some(entry),
                 Err(error) => {
                     tracing::warn!(key = %slot.key, %error, "ignored an invalid token in the shared cache");
@@ -644,7 +757,7 @@ impl TokenManager {
                 }
             }
         };
-        let fetch = || self.fetch_from_source(client, slot, deadline);
+        let fetch = || self.fetch_from_source(client, slot, deadline, progress);
         match shared
             .get_or_fetch(&slot.key, force, deadline, accept, fetch)
             .await?
@@ -654,6 +767,7 @@ impl TokenManager {
                     .counters
                     .shared_hits
                     .fetch_add(1, Ordering::Relaxed);
+                progress.reached(Tier::Shared);
                 Ok(entry)
             }
             Found::Fetched(entry) => Ok(entry),
@@ -666,18 +780,23 @@ impl TokenManager {
         client: &NamedClient,
         slot: &Slot,
         deadline: Instant,
+        progress: &Progress,
     ) -> Result<Entry, Error> {
-        let token_error = |source: tokenwarden_oauth::Error| Error::Token {
-            client: client.name.clone(),
-            grant: client.grant.clone(),
-            source: Arc::new(source),
-        };
-        let attempt = || {
+        progress.reached(Tier::Endpoint);
+        let sending = || {
+            progress.attempts.fetch_add(1, Ordering::Relaxed);
             self.inner
                 .counters
                 .token_requests
                 .fetch_add(1, Ordering::Relaxed);
             self.now()
+        };
+        let answered = |result: Result<(), &tokenwarden_oauth::Error>| {
+            crate::metrics::token_request(
+                &client.name,
+                &client.grant,
+                crate::metrics::outcome(result),
+            );
         };
         let fetched = renewal::fetch(
             &client.source,
@@ -685,29 +804,53 @@ impl TokenManager {
             &slot.params,
             &self.inner.retry,
             deadline,
-            attempt,
+            sending,
+            answered,
         )
         .await;
-        let result = fetched.and_then(|(response, sent_at)| {
-            let cached =
-                self.inner
-                    .timing
-                    .cached_token(response, sent_at, client.source.default_lifetime());
-            self.entry_for(cached)
-        });
+        let result = match fetched {
+            Ok((response, sent_at)) => {
+                let cached = self.inner.timing.cached_token(
+                    response,
+                    sent_at,
+                    client.source.default_lifetime(),
+                );
+                self.entry_of(cached).map_err(Stop::Failed)
+            }
+            Err(stop) => Err(stop),
+        };
         match result {
             Ok(entry) => {
                 tracing::debug!(client = %client.name, token = %entry.cached.token().secret().fingerprint(), "token obtained");
                 Ok(entry)
             }
-            Err(error) => {
-                tracing::warn!(client = %client.name, grant = %client.grant, %error, "token request failed");
-                Err(token_error(error))
+            Err(Stop::Deadline) => {
+                crate::metrics::token_request(&client.name, &client.grant, "timeout");
+                Err(Error::Timeout {
+                    client: client.name.clone(),
+                    grant: client.grant.clone(),
+                    timeout: self.inner.acquire_timeout,
+                })
+            }
+            Err(Stop::Failed(error)) => {
+                // Error messages hold no secrets: see `tokenwarden_oauth::Error`.
+                tracing::warn!(
+                    client = %client.name,
+                    grant = %client.grant,
+                    token_endpoint = %client.source.endpoint(),
+                    error = %crate::error::Chain(&error),
+                    "token request failed"
+                );
+                Err(Error::Token {
+                    client: client.name.clone(),
+                    grant: client.grant.clone(),
+                    source: Arc::new(error),
+                })
             }
         }
     }
 
-    fn entry_for(&self, cached: CachedToken) -> Result<Entry, tokenwarden_oauth::Error> {
+    fn entry_of(&self, cached: CachedToken) -> Result<Entry, tokenwarden_oauth::Error> {
         let usable_until = self.inner.timing.usable_until(&cached);
         let id = self.inner.next_entry_id.fetch_add(1, Ordering::Relaxed);
         Entry::new(cached, usable_until, id, &self.inner.time)
@@ -732,7 +875,10 @@ impl TokenManager {
         // The claim moves into the task: it ends when the renewal does, or when the task is
         // dropped without running.
         runtime.spawn(async move {
-            if let Err(error) = this.acquire(&client, renewal.slot(), false).await {
+            let renewed = this
+                .acquire(&client, renewal.slot(), false, Reason::Due)
+                .await;
+            if let Err(error) = renewed {
                 tracing::warn!(client = %client.name, %error, "background token renewal failed; the current token stays in use");
                 renewal.retry_after(this.now(), RENEWAL_RETRY_AFTER);
             }
@@ -751,13 +897,15 @@ impl TokenManager {
     ) -> Result<Option<Arc<Entry>>, Error> {
         match slot.reject(id, self.now(), self.inner.rejection_backoff) {
             Rejection::BackedOff => return Ok(None),
-            Rejection::Invalidated(entry) => self.invalidated(slot, &entry).await,
+            Rejection::Invalidated(entry) => self.invalidated(client, slot, &entry).await,
             Rejection::Replaced => {}
         }
         if !replace {
             return Ok(None);
         }
-        self.entry(client, slot, false).await.map(Some)
+        self.entry_or(client, slot, false, Reason::Rejected)
+            .await
+            .map(Some)
     }
 
     /// A resource server accepted token `id` of `slot` (after it was fetched because of a
@@ -768,11 +916,12 @@ impl TokenManager {
     }
 
     /// What follows an invalidation: the count, and the shared copy removed if it is the same token.
-    async fn invalidated(&self, slot: &Slot, entry: &Entry) {
+    async fn invalidated(&self, client: &NamedClient, slot: &Slot, entry: &Entry) {
         self.inner
             .counters
             .invalidations
             .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::invalidation(&client.name);
         tracing::debug!(key = %slot.key, token = %entry.cached.token().secret().fingerprint(), "invalidated a rejected token");
         if let Some(shared) = &self.inner.shared {
             shared.remove_if(&slot.key, entry.cached.token()).await;

@@ -126,34 +126,42 @@ impl Timing {
     }
 }
 
+/// Why [`fetch`] gave up.
+pub(crate) enum Stop {
+    /// The last attempt's error.
+    Failed(tokenwarden_oauth::Error),
+    /// The deadline cut a request short.
+    Deadline,
+}
+
 /// Requests a token from `source`, retrying what may succeed on a second try, until
 /// `deadline`: a request cut short by the deadline fails with a timeout, and no backoff or
-/// `Retry-After` wait is begun that would end past it. `attempt` is called before each request
-/// and returns the time it is sent at.
+/// `Retry-After` wait is begun that would end past it. `sending` is called before each request
+/// and returns the time it is sent at; `answered` after each.
 pub(crate) async fn fetch(
     source: &Source,
     oauth: &OAuthClient,
     params: &TokenParams,
     retry: &RetryPolicy,
     deadline: Instant,
-    mut attempt: impl FnMut() -> SystemTime,
-) -> Result<(TokenResponse, SystemTime), tokenwarden_oauth::Error> {
-    let started = Instant::now();
+    mut sending: impl FnMut() -> SystemTime,
+    mut answered: impl FnMut(Result<(), &tokenwarden_oauth::Error>),
+) -> Result<(TokenResponse, SystemTime), Stop> {
     let mut retries = 0;
     loop {
-        let sent_at = attempt();
+        let sent_at = sending();
         let request = source.request(oauth, params);
         let error = match tokio::time::timeout_at(deadline, request).await {
-            Ok(Ok(response)) => return Ok((response, sent_at)),
-            Ok(Err(error)) => error,
-            Err(_elapsed) => {
-                return Err(tokenwarden_oauth::Error::Timeout(
-                    deadline.saturating_duration_since(started),
-                ));
+            Ok(Ok(response)) => {
+                answered(Ok(()));
+                return Ok((response, sent_at));
             }
+            Ok(Err(error)) => error,
+            Err(_elapsed) => return Err(Stop::Deadline),
         };
+        answered(Err(&error));
         if !error.is_retryable() || retries >= retry.max_retries {
-            return Err(error);
+            return Err(Stop::Failed(error));
         }
         let delay = retry.delay(retries, &error);
         if Instant::now()
@@ -161,7 +169,7 @@ pub(crate) async fn fetch(
             .is_none_or(|at| at >= deadline)
         {
             tracing::debug!(%error, ?delay, "token request failed; no time left for a retry");
-            return Err(error);
+            return Err(Stop::Failed(error));
         }
         tracing::debug!(%error, ?delay, "token request failed; retrying");
         tokio::time::sleep(delay).await;
@@ -218,6 +226,7 @@ mod tests {
     fn retry_after_is_honoured_up_to_its_cap() {
         let policy = RetryPolicy::default().max_retry_after(Duration::from_secs(3));
         let error = |secs: Option<u64>| tokenwarden_oauth::Error::UnexpectedStatus {
+            endpoint: "https://idp.example.com/token".to_owned(),
             status: StatusCode::SERVICE_UNAVAILABLE,
             retry_after: secs.map(Duration::from_secs),
         };

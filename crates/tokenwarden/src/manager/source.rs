@@ -42,6 +42,11 @@ impl Source {
         self.grant.grant_type()
     }
 
+    /// The token endpoint, for errors and logs.
+    pub(crate) fn endpoint(&self) -> &http::Uri {
+        self.grant.client().token_endpoint()
+    }
+
     /// The lifetime of a token whose response does not say.
     pub(crate) fn default_lifetime(&self) -> Duration {
         self.grant.client().default_lifetime()
