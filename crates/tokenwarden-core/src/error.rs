@@ -19,6 +19,16 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
+    /// A user token store failed; unlike a cache miss, this reaches the caller (the store holds
+    /// what cannot be fetched again).
+    #[error("user token store error: {message}")]
+    Store {
+        /// What the store was doing.
+        message: Cow<'static, str>,
+        /// The store's own error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// A cache backend did not answer in time; callers treat this as a miss.
     #[error("token cache timed out after {0:?}")]
     CacheTimeout(std::time::Duration),
@@ -30,6 +40,14 @@ impl Error {
         Error::Cache {
             message: message.into(),
             source: None,
+        }
+    }
+
+    /// A store error with a message and, if there is one, the store's own error as its source.
+    pub fn store(message: impl Into<Cow<'static, str>>, source: Option<BoxError>) -> Self {
+        Error::Store {
+            message: message.into(),
+            source,
         }
     }
 

@@ -7,6 +7,8 @@
 //! - [`CacheKey`]: a stable, namespaced key built from the client name and the grant's parameters;
 //! - [`TokenParams`]: per-request parameters (force renewal, scope, resource, extra form fields);
 //! - [`TokenCache`]: the trait a storage backend implements (memory, Redis, or your own);
+//! - [`UserTokenStore`], [`UserTokens`], [`UserKey`]: signed-in users' tokens (access and refresh),
+//!   kept between requests and replicas;
 //! - [`Clock`]: the time source, with [`SystemClock`] and a [`ManualClock`] for tests.
 //!
 //! # A custom cache backend
@@ -76,6 +78,7 @@ mod key;
 mod params;
 mod secret;
 mod token;
+mod user;
 
 pub use cache::{BoxFuture, Lease, TokenCache};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -84,3 +87,4 @@ pub use key::{CacheKey, CacheKeyBuilder};
 pub use params::TokenParams;
 pub use secret::Secret;
 pub use token::{AccessToken, CachedToken, TokenType};
+pub use user::{UserKey, UserTokenStore, UserTokens};

@@ -5,5 +5,7 @@
 mod cache;
 mod entries;
 mod leases;
+mod users;
 
 pub use cache::MemoryTokenCache;
+pub use users::MemoryUserTokenStore;
