@@ -62,7 +62,7 @@ pub(crate) async fn handle(
         state.count_api_rejection();
         return Ok(unauthorized("invalid_token", CHALLENGE_INVALID_TOKEN));
     }
-    let client = match bearer_token(&parts.headers) {
+    let owner = match bearer_token(&parts.headers) {
         Credentials::Missing => {
             state.count_api_rejection();
             return Ok(unauthorized("invalid_token", CHALLENGE_MISSING));
@@ -70,7 +70,7 @@ pub(crate) async fn handle(
         Credentials::Invalid => None,
         Credentials::Bearer(token) => state.validate_token(token),
     };
-    let Some(client) = client else {
+    let Some(owner) = owner else {
         state.count_api_rejection();
         return Ok(unauthorized("invalid_token", CHALLENGE_INVALID_TOKEN));
     };
@@ -81,15 +81,19 @@ pub(crate) async fn handle(
             CHALLENGE_INSUFFICIENT_SCOPE,
         ));
     }
-    Ok(body::json(
-        StatusCode::OK,
-        &json!({
-            "client": client,
-            "method": parts.method.as_str(),
-            "path": parts.uri.path(),
-            "body": String::from_utf8_lossy(&body),
-        }),
-    ))
+    let mut echo = json!({
+        "client": owner.client_id,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "body": String::from_utf8_lossy(&body),
+    });
+    if let Some(user) = owner.user {
+        echo["user"] = user.into();
+    }
+    if let Some(scope) = owner.scope {
+        echo["scope"] = scope.into();
+    }
+    Ok(body::json(StatusCode::OK, &echo))
 }
 
 /// What the request offered as credentials.

@@ -4,16 +4,26 @@
 
 mod api;
 mod body;
+mod client_auth;
+mod discovery;
 mod failure;
+mod oauth_error;
 mod record;
 mod redirect;
 mod redis_server;
+mod refresh;
+mod revocation;
 mod server;
+mod sign_in;
 mod state;
 mod token_endpoint;
+mod tokens;
 
 pub use api::ApiMode;
+pub use discovery::DiscoveryDocument;
 pub use failure::Failure;
 pub use record::{AuthMethod, TokenRequestRecord};
 pub use redis_server::RedisServer;
+pub use refresh::RefreshTokenUsage;
 pub use server::{TestServer, TestServerBuilder};
+pub use sign_in::SignedIn;

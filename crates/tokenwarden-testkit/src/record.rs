@@ -12,15 +12,18 @@ pub enum AuthMethod {
     None,
 }
 
-/// One token request as the server received it.
+/// One token request (or revocation request) as the server received it.
 ///
-/// The client secret is never kept: a `client_secret` form field is left out of [`form`](Self::form),
-/// and the `Authorization` header is reduced to [`auth_method`](Self::auth_method).
+/// Secrets are never kept: the `client_secret` and `password` form fields are left out of
+/// [`form`](Self::form), and the `Authorization` header is reduced to
+/// [`auth_method`](Self::auth_method). Tokens the client sends (`refresh_token`, `token`) are
+/// kept, so a test can check which one arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRequestRecord {
     /// How the client authenticated.
     pub auth_method: AuthMethod,
-    /// The form fields in the order they were sent, decoded, without `client_secret`.
+    /// The form fields in the order they were sent, decoded, without `client_secret` and
+    /// `password`.
     pub form: Vec<(String, String)>,
 }
 

@@ -16,42 +16,107 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::body::{self, ResponseBody};
-use crate::state::{State, lock};
-use crate::{ApiMode, Failure, TokenRequestRecord, api, redirect, token_endpoint};
+use crate::refresh::RefreshPolicy;
+use crate::state::{Settings, State, lock};
+use crate::{
+    ApiMode, DiscoveryDocument, Failure, RefreshTokenUsage, SignedIn, TokenRequestRecord, api,
+    discovery, redirect, revocation, token_endpoint,
+};
 
-/// The default lifetime of issued tokens: one hour.
+/// The default lifetime of issued access tokens: one hour.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// An OAuth 2.0 authorization server (token endpoint only) and a protected API, serving real
-/// HTTP/1.1 on `127.0.0.1` from a task of the current tokio runtime.
+/// The token endpoint's path.
+pub(crate) const TOKEN_PATH: &str = "/token";
+/// The revocation endpoint's path.
+pub(crate) const REVOCATION_PATH: &str = "/revoke";
+
+/// An OAuth 2.0 authorization server (token, revocation and discovery endpoints, no browser
+/// flows) and a protected API, serving real HTTP/1.1 on `127.0.0.1` from a task of the current
+/// tokio runtime.
 ///
-/// - `POST /token` ([`token_endpoint`](Self::token_endpoint)) issues opaque bearer tokens with
-///   the `client_credentials` grant, and with any grant type registered with
-///   [`TestServerBuilder::extension_grant`], to the clients registered with
-///   [`TestServerBuilder::client`], authenticated by `client_secret_basic` or
-///   `client_secret_post`.
+/// - `POST /token` ([`token_endpoint`](Self::token_endpoint)) issues opaque bearer tokens to the
+///   clients registered with [`TestServerBuilder::client`], authenticated by
+///   `client_secret_basic` or `client_secret_post`, with the `client_credentials` grant, any
+///   grant type registered with [`TestServerBuilder::extension_grant`], the resource owner
+///   `password` grant for users registered with [`TestServerBuilder::user`], and the
+///   `refresh_token` grant (see [Users and refresh tokens](Self#users-and-refresh-tokens)).
+/// - `POST /revoke` ([`revocation_endpoint`](Self::revocation_endpoint)) revokes access and
+///   refresh tokens (RFC 7009), with the same client authentication.
+/// - `GET /.well-known/openid-configuration` and `GET /.well-known/oauth-authorization-server`
+///   ([`discovery_url`](Self::discovery_url)) answer the server's metadata (RFC 8414); see
+///   [Discovery](Self#discovery).
 /// - Any path under `/api/` ([`api_url`](Self::api_url)) answers 200 with JSON describing the
-///   request (`client`, `method`, `path`, `body`) when it carries `Authorization: Bearer` with
-///   a token from this server that is neither expired nor revoked, and 401 with
-///   `WWW-Authenticate: Bearer error="invalid_token"` otherwise. [`set_api_mode`](Self::set_api_mode)
-///   makes it reject every token, or answer valid ones with `insufficient_scope`.
+///   request (`client`, `user` for a user's token, `scope` if the token has one, `method`,
+///   `path`, `body`) when it carries `Authorization: Bearer` with a token from this server that
+///   is neither expired nor revoked, and 401 with `WWW-Authenticate: Bearer error="invalid_token"`
+///   otherwise. [`set_api_mode`](Self::set_api_mode) makes it reject every token, or answer
+///   valid ones with `insufficient_scope`.
 /// - `GET` or `POST /redirect?to=URL` ([`redirect_url`](Self::redirect_url)) answers
 ///   `307 Temporary Redirect` to `URL`, without asking for any authentication.
 ///
 /// # Token expiry
 ///
-/// Tokens expire the way a real authorization server's JWTs do: `exp` is the wall-clock issue
-/// time truncated to whole seconds plus `expires_in`, and the API rejects a token once the
+/// Access tokens expire the way a real authorization server's JWTs do: `exp` is the wall-clock
+/// issue time truncated to whole seconds plus `expires_in`, and the API rejects a token once the
 /// current whole second reaches `exp`. A token therefore dies up to one second *before*
 /// `issue time + expires_in`; this is deliberate, so that tests catch clients that renew
 /// without a safety margin.
 ///
+/// # Users and refresh tokens
+///
+/// A user signs in with the password grant (`grant_type=password&username=..&password=..`,
+/// optionally `scope`) from any registered client, or, without HTTP, with
+/// [`sign_in`](Self::sign_in). The answer holds an access token, its `expires_in`, a refresh
+/// token and the granted `scope`: the requested one, or by default every scope of
+/// [`TestServerBuilder::scopes_supported`] (none if that is not configured). Each sign-in starts
+/// a new *token family*: every access and refresh token later obtained from its refresh tokens.
+///
+/// `grant_type=refresh_token&refresh_token=..` (optionally a narrower `scope`) from the client
+/// the family belongs to answers a new access token and, by [`RefreshTokenUsage`]:
+///
+/// - [`OneTime`](RefreshTokenUsage::OneTime) (the default): a new refresh token; the presented
+///   one becomes used. Presenting a used refresh token is reuse: the whole family, its refresh
+///   and access tokens, is revoked, [`reuse_detections`](Self::reuse_detections) goes up, and
+///   the answer is `invalid_grant`.
+/// - [`Reuse`](RefreshTokenUsage::Reuse): the same refresh token again, or none at all with
+///   [`TestServerBuilder::reuse_returns_refresh_token`]`(false)`.
+///
+/// Every other refusal is `invalid_grant` too: an unknown or revoked refresh token, one issued
+/// to another client, or a family past its absolute lifetime (counted from sign-in, default 30
+/// days) or its optional sliding lifetime (counted from the family's last use: the sign-in or
+/// the latest refresh). A `scope` wider than the sign-in's is `invalid_scope`. Lifetimes are
+/// judged by the wall clock to the nanosecond, with the settings in force when the token is
+/// presented, so a test can shorten them (even to zero) after sign-in.
+///
+/// # Revocation
+///
+/// `POST /revoke` with client authentication and `token=..` (optionally `token_type_hint`,
+/// which is recorded but not needed: both kinds of token are looked up) answers 200 for any
+/// token of the authenticated client, and for unknown tokens too (RFC 7009 §2.2). Revoking a
+/// refresh token revokes its whole family, access tokens included; revoking an access token
+/// revokes just that token. Bad client credentials are 401 `invalid_client`, a missing `token`
+/// 400 `invalid_request`, and a token issued to another client 400 `invalid_request` (nothing
+/// is revoked).
+///
+/// # Discovery
+///
+/// Both well-known paths answer the same metadata: `issuer` ([`issuer`](Self::issuer), the base
+/// URL unless [`TestServerBuilder::issuer`] says otherwise), `token_endpoint`,
+/// `revocation_endpoint`, `grant_types_supported`, `token_endpoint_auth_methods_supported` and
+/// `revocation_endpoint_auth_methods_supported` (`client_secret_basic`, `client_secret_post`),
+/// `response_types_supported` (`["code"]`) and, if configured, `scopes_supported`.
+/// [`TestServerBuilder::serve_openid_configuration`]`(false)` makes the OpenID path answer 404,
+/// to test a client's fallback, and [`fail_next_discovery`](Self::fail_next_discovery) makes the
+/// next discovery requests fail (or serve any [`Failure::RawBody`], e.g. metadata with an
+/// `http` endpoint).
+///
 /// # Leak detection
 ///
 /// [`requests_with_authorization`](Self::requests_with_authorization) counts the requests outside
-/// the token endpoint that carried an `Authorization` header. Pointing a redirect at a second
-/// `TestServer` and checking that its count stays 0 proves that no token followed the redirect
-/// to another origin.
+/// the token and revocation endpoints that carried an `Authorization` header. Pointing a redirect
+/// at a second `TestServer` and checking that its count stays 0 proves that no token followed the
+/// redirect to another origin.
 ///
 /// The handle is cheap to clone. The server stops when the last handle is dropped or when
 /// [`shutdown`](Self::shutdown) is called on any of them; counters stay readable afterwards.
@@ -80,6 +145,9 @@ impl fmt::Debug for TestServer {
             .field("base_url", &self.inner.base_url)
             .field("token_requests_total", &self.token_requests_total())
             .field("tokens_issued", &self.tokens_issued())
+            .field("reuse_detections", &self.reuse_detections())
+            .field("revocation_requests", &self.revocation_requests())
+            .field("discovery_requests", &self.discovery_requests())
             .field("api_requests", &self.api_requests())
             .field("api_rejections", &self.api_rejections())
             .field(
@@ -108,7 +176,25 @@ impl TestServer {
 
     /// The token endpoint: [`base_url`](Self::base_url) + `/token`.
     pub fn token_endpoint(&self) -> String {
-        format!("{}/token", self.inner.base_url)
+        format!("{}{TOKEN_PATH}", self.inner.base_url)
+    }
+
+    /// The revocation endpoint (RFC 7009): [`base_url`](Self::base_url) + `/revoke`; see
+    /// [Revocation](Self#revocation).
+    pub fn revocation_endpoint(&self) -> String {
+        format!("{}{REVOCATION_PATH}", self.inner.base_url)
+    }
+
+    /// The `issuer` the discovery metadata announces: the one set with
+    /// [`TestServerBuilder::issuer`], or [`base_url`](Self::base_url).
+    pub fn issuer(&self) -> String {
+        self.inner.state.issuer().to_owned()
+    }
+
+    /// The URL of a discovery document: [`base_url`](Self::base_url) + its
+    /// [`path`](DiscoveryDocument::path).
+    pub fn discovery_url(&self, document: DiscoveryDocument) -> String {
+        format!("{}{}", self.inner.base_url, document.path())
     }
 
     /// A URL of the protected API: [`base_url`](Self::base_url) + `/api` + `path`, where `path`
@@ -128,10 +214,61 @@ impl TestServer {
         format!("{}/redirect?to={to}", self.inner.base_url)
     }
 
+    /// Signs `username` in to `client_id` without HTTP, as the password grant (or a browser
+    /// sign-in) would: a new token family, with an access token the API accepts as this user's,
+    /// its `expires_in`, a refresh token, and the default scope (every scope of
+    /// [`TestServerBuilder::scopes_supported`], or none). For tests that need a signed-in user
+    /// but do not test the sign-in. It is not a token request: no counter changes.
+    ///
+    /// # Panics
+    ///
+    /// When `client_id` or `username` was not registered with the builder: the test is wrong.
+    pub fn sign_in(&self, client_id: &str, username: &str) -> SignedIn {
+        self.sign_in_as(client_id, username, None)
+    }
+
+    /// Like [`sign_in`](Self::sign_in), granting `scope` (space-separated) instead of the
+    /// default; a later refresh may narrow it but not widen it.
+    ///
+    /// # Panics
+    ///
+    /// When `client_id` or `username` was not registered with the builder.
+    pub fn sign_in_with_scope(&self, client_id: &str, username: &str, scope: &str) -> SignedIn {
+        self.sign_in_as(client_id, username, Some(scope).filter(|s| !s.is_empty()))
+    }
+
+    fn sign_in_as(&self, client_id: &str, username: &str, scope: Option<&str>) -> SignedIn {
+        let state = &self.inner.state;
+        assert!(
+            state.has_client(client_id),
+            "sign_in: client {client_id:?} is not registered with TestServerBuilder::client"
+        );
+        assert!(
+            state.has_user(username),
+            "sign_in: user {username:?} is not registered with TestServerBuilder::user"
+        );
+        let issued = state.sign_in(client_id, username, scope);
+        SignedIn {
+            access_token: issued.access_token,
+            token_type: "Bearer".to_owned(),
+            expires_in: Duration::from_secs(issued.expires_in),
+            // A sign-in always starts a family with a refresh token.
+            refresh_token: issued.refresh_token.unwrap_or_default(),
+            scope: issued.scope,
+        }
+    }
+
     /// How many token requests named this client id (in Basic credentials or the `client_id`
     /// form field), whatever their outcome, including injected failures and bad credentials.
     pub fn token_requests(&self, client_id: &str) -> usize {
         self.inner.state.token_requests(client_id)
+    }
+
+    /// How many of [`token_requests`](Self::token_requests) for this client id had
+    /// `grant_type=refresh_token`, whatever their outcome, e.g. to check that concurrent callers
+    /// for one user caused exactly one refresh.
+    pub fn refresh_requests(&self, client_id: &str) -> usize {
+        self.inner.state.refresh_requests(client_id)
     }
 
     /// How many `POST /token` requests arrived, whatever their outcome.
@@ -146,14 +283,21 @@ impl TestServer {
         self.inner.state.wait_for_token_requests(total).await;
     }
 
-    /// How many tokens were issued (successful token responses, not injected ones).
+    /// How many tokens were issued by token responses (not injected ones, not
+    /// [`sign_in`](Self::sign_in)): one per successful sign-in, refresh or client token.
     pub fn tokens_issued(&self) -> usize {
         self.inner.state.tokens_issued()
     }
 
+    /// How many times a used one-time refresh token was presented, revoking its family (see
+    /// [`RefreshTokenUsage::OneTime`]).
+    pub fn reuse_detections(&self) -> usize {
+        self.inner.state.reuse_detections()
+    }
+
     /// The latest token request that named this client id, with its authentication method and
-    /// form fields (never the client secret), to assert on `scope`, `resource` and other
-    /// parameters.
+    /// form fields (never the client secret or the user's password), to assert on `scope`,
+    /// `resource`, `refresh_token` and other parameters.
     pub fn last_token_request(&self, client_id: &str) -> Option<TokenRequestRecord> {
         self.inner.state.last_token_request(client_id)
     }
@@ -171,12 +315,13 @@ impl TestServer {
         self.inner.state.push_failure(failure);
     }
 
-    /// Sets the lifetime of tokens issued from now on: `expires_in` is its whole seconds (capped
-    /// at about a century), and the token's `exp` is the issue time truncated to whole seconds
-    /// plus `expires_in`. The API accepts the token only while the current whole second is
-    /// before `exp`, so a token dies up to one second before `issue time + expires_in`, as with
-    /// real servers: clients must renew with a margin (see [Token expiry](Self#token-expiry)).
-    /// [`Duration::ZERO`] issues tokens the API already rejects as expired.
+    /// Sets the lifetime of access tokens issued from now on: `expires_in` is its whole seconds
+    /// (capped at about a century), and the token's `exp` is the issue time truncated to whole
+    /// seconds plus `expires_in`. The API accepts the token only while the current whole second
+    /// is before `exp`, so a token dies up to one second before `issue time + expires_in`, as
+    /// with real servers: clients must renew with a margin (see
+    /// [Token expiry](Self#token-expiry)). [`Duration::ZERO`] issues tokens the API already
+    /// rejects as expired.
     ///
     /// Expiry is judged by the wall clock ([`std::time::SystemTime`]), not tokio's, so pausing
     /// or advancing tokio time does not expire tokens.
@@ -184,10 +329,79 @@ impl TestServer {
         self.inner.state.set_token_lifetime(lifetime);
     }
 
-    /// Revokes every token issued so far: the API rejects them from now on. Tokens issued
+    /// Sets what a refresh does to the refresh token from now on (see [`RefreshTokenUsage`]).
+    /// A refresh token already used under [`RefreshTokenUsage::OneTime`] stays used: presenting
+    /// it is reuse whatever the setting.
+    pub fn set_refresh_token_usage(&self, usage: RefreshTokenUsage) {
+        self.inner.state.set_refresh_token_usage(usage);
+    }
+
+    /// With [`RefreshTokenUsage::Reuse`]: whether a refresh answers the same refresh token
+    /// again (`true`, the default) or no refresh token at all.
+    pub fn set_reuse_returns_refresh_token(&self, returns: bool) {
+        self.inner.state.set_reuse_returns_refresh_token(returns);
+    }
+
+    /// Sets the absolute lifetime of refresh token families, counted from sign-in, for every
+    /// refresh from now on, families signed in before included (see
+    /// [Users and refresh tokens](Self#users-and-refresh-tokens)).
+    pub fn set_refresh_token_absolute_lifetime(&self, lifetime: Duration) {
+        self.inner
+            .state
+            .set_refresh_token_lifetimes(|lifetimes| lifetimes.absolute = lifetime);
+    }
+
+    /// Sets (or with `None` removes) the sliding lifetime of refresh token families, counted from
+    /// their last use, for every refresh from now on. It never extends the absolute lifetime.
+    pub fn set_refresh_token_sliding_lifetime(&self, lifetime: Option<Duration>) {
+        self.inner
+            .state
+            .set_refresh_token_lifetimes(|lifetimes| lifetimes.sliding = lifetime);
+    }
+
+    /// Revokes every access and refresh token issued so far: the API rejects the access tokens
+    /// and the token endpoint the refresh tokens (`invalid_grant`) from now on. Tokens issued
     /// later are accepted.
     pub fn revoke_all(&self) {
         self.inner.state.revoke_all();
+    }
+
+    /// How many `POST /revoke` requests arrived, whatever their outcome.
+    pub fn revocation_requests(&self) -> usize {
+        self.inner.state.revocation_requests()
+    }
+
+    /// The latest revocation request, with its authentication method and form fields (`token`,
+    /// `token_type_hint`, `client_id`; never the client secret).
+    pub fn last_revocation_request(&self) -> Option<TokenRequestRecord> {
+        self.inner.state.last_revocation_request()
+    }
+
+    /// Queues a failure for a coming revocation request, first in, first out, one per request,
+    /// after the request is counted. Nothing is revoked by a request that fails this way.
+    pub fn fail_next_revocation(&self, failure: Failure) {
+        self.inner.state.push_revocation_failure(failure);
+    }
+
+    /// How many `GET` requests arrived for either discovery document, whatever their outcome
+    /// (404s of a disabled OpenID path and injected failures included).
+    pub fn discovery_requests(&self) -> usize {
+        DiscoveryDocument::ALL
+            .into_iter()
+            .map(|document| self.inner.state.discovery_requests(document))
+            .sum()
+    }
+
+    /// How many of [`discovery_requests`](Self::discovery_requests) asked for this document,
+    /// e.g. to check that a client tried the OpenID path once and then fell back.
+    pub fn discovery_requests_for(&self, document: DiscoveryDocument) -> usize {
+        self.inner.state.discovery_requests(document)
+    }
+
+    /// Queues a failure for a coming discovery request (to either document, served or not),
+    /// first in, first out, one per request, after the request is counted.
+    pub fn fail_next_discovery(&self, failure: Failure) {
+        self.inner.state.push_discovery_failure(failure);
     }
 
     /// How many requests reached the protected API (`/api/*`), whatever their outcome.
@@ -209,8 +423,9 @@ impl TestServer {
     }
 
     /// How many requests that carried an `Authorization` header arrived on any path but the
-    /// token endpoint: the API, [`redirect_url`](Self::redirect_url)s and unknown paths alike.
-    /// A test checks with it that no credential reached a server it must not reach.
+    /// token and revocation endpoints: the API, [`redirect_url`](Self::redirect_url)s, discovery
+    /// and unknown paths alike. A test checks with it that no credential reached a server it
+    /// must not reach.
     pub fn requests_with_authorization(&self) -> usize {
         self.inner.state.requests_with_authorization()
     }
@@ -231,35 +446,61 @@ impl TestServer {
 /// Configures and starts a [`TestServer`].
 #[must_use]
 pub struct TestServerBuilder {
-    clients: Vec<(String, String)>,
-    /// Extension grant types and the form field each requires.
-    extension_grants: Vec<(String, String)>,
-    token_lifetime: Duration,
-    delay: Duration,
-    api_mode: ApiMode,
+    settings: Settings,
 }
 
 impl Default for TestServerBuilder {
     fn default() -> Self {
         Self {
-            clients: Vec::new(),
-            extension_grants: Vec::new(),
-            token_lifetime: DEFAULT_TOKEN_LIFETIME,
-            delay: Duration::ZERO,
-            api_mode: ApiMode::Normal,
+            settings: Settings {
+                clients: Vec::new(),
+                extension_grants: Vec::new(),
+                users: Vec::new(),
+                token_lifetime: DEFAULT_TOKEN_LIFETIME,
+                delay: Duration::ZERO,
+                api_mode: ApiMode::Normal,
+                refresh: RefreshPolicy::default(),
+                issuer: None,
+                scopes_supported: Vec::new(),
+                serve_openid_configuration: true,
+            },
         }
     }
 }
 
 impl fmt::Debug for TestServerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ids: Vec<&str> = self.clients.iter().map(|(id, _)| id.as_str()).collect();
+        // Names only: secrets and passwords stay out of test output.
+        let names = |pairs: &[(String, String)]| -> Vec<String> {
+            pairs.iter().map(|(name, _)| name.clone()).collect()
+        };
+        let settings = &self.settings;
         f.debug_struct("TestServerBuilder")
-            .field("clients", &ids)
-            .field("extension_grants", &self.extension_grants)
-            .field("token_lifetime", &self.token_lifetime)
-            .field("delay", &self.delay)
-            .field("api_mode", &self.api_mode)
+            .field("clients", &names(&settings.clients))
+            .field("users", &names(&settings.users))
+            .field("extension_grants", &settings.extension_grants)
+            .field("token_lifetime", &settings.token_lifetime)
+            .field("delay", &settings.delay)
+            .field("api_mode", &settings.api_mode)
+            .field("refresh_token_usage", &settings.refresh.usage)
+            .field(
+                "reuse_returns_refresh_token",
+                &settings.refresh.reuse_returns_refresh_token,
+            )
+            .field(
+                "refresh_token_absolute_lifetime",
+                &settings.refresh.lifetimes.absolute,
+            )
+            .field(
+                "refresh_token_sliding_lifetime",
+                &settings.refresh.lifetimes.sliding,
+            )
+            .field("issuer", &settings.issuer)
+            .field("scopes_supported", &settings.scopes_supported)
+            .field(
+                "serve_openid_configuration",
+                &settings.serve_openid_configuration,
+            )
             .finish()
     }
 }
@@ -268,8 +509,15 @@ impl TestServerBuilder {
     /// Registers a confidential client that may authenticate with `client_secret_basic` or
     /// `client_secret_post`. Repeatable; registering an id again replaces its secret.
     pub fn client(mut self, id: &str, secret: &str) -> Self {
-        self.clients.retain(|(known, _)| known != id);
-        self.clients.push((id.to_owned(), secret.to_owned()));
+        replace(&mut self.settings.clients, id, secret);
+        self
+    }
+
+    /// Registers a user who can sign in with the password grant from any registered client,
+    /// or with [`TestServer::sign_in`]. Repeatable; registering a name again replaces its
+    /// password.
+    pub fn user(mut self, username: &str, password: &str) -> Self {
+        replace(&mut self.settings.users, username, password);
         self
     }
 
@@ -279,36 +527,90 @@ impl TestServerBuilder {
     /// answer is 400 `invalid_request` naming the missing parameter. The token is issued exactly
     /// as for `client_credentials`: same lifetime and expiry, `token_type` `Bearer`,
     /// `expires_in`, and `scope` echoed if sent. The request is recorded and counted like any
-    /// other token request.
+    /// other token request, and the grant type is listed in the discovery metadata.
     ///
     /// Repeatable; registering a grant type again replaces its required parameter. Built-in
-    /// grant types (`client_credentials`) keep their own behaviour, and grant types never
-    /// registered keep answering `unsupported_grant_type`.
+    /// grant types (`client_credentials`, `password`, `refresh_token`) keep their own behaviour,
+    /// and grant types never registered keep answering `unsupported_grant_type`.
     pub fn extension_grant(mut self, grant_type: &str, required_param: &str) -> Self {
-        self.extension_grants
-            .retain(|(known, _)| known != grant_type);
-        self.extension_grants
-            .push((grant_type.to_owned(), required_param.to_owned()));
+        replace(
+            &mut self.settings.extension_grants,
+            grant_type,
+            required_param,
+        );
         self
     }
 
     /// How the protected API judges requests from the start (default [`ApiMode::Normal`]); see
     /// [`TestServer::set_api_mode`].
     pub fn api_mode(mut self, mode: ApiMode) -> Self {
-        self.api_mode = mode;
+        self.settings.api_mode = mode;
         self
     }
 
-    /// The lifetime of issued tokens (default one hour); see [`TestServer::set_token_lifetime`].
+    /// The lifetime of issued access tokens (default one hour); see
+    /// [`TestServer::set_token_lifetime`].
     pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
-        self.token_lifetime = lifetime;
+        self.settings.token_lifetime = lifetime;
         self
     }
 
     /// A delay before answering each token request (default none); see
     /// [`TestServer::set_delay`].
     pub fn delay(mut self, delay: Duration) -> Self {
-        self.delay = delay;
+        self.settings.delay = delay;
+        self
+    }
+
+    /// What a refresh does to the refresh token (default [`RefreshTokenUsage::OneTime`]:
+    /// rotation with reuse detection); see [`TestServer::set_refresh_token_usage`].
+    pub fn refresh_token_usage(mut self, usage: RefreshTokenUsage) -> Self {
+        self.settings.refresh.usage = usage;
+        self
+    }
+
+    /// With [`RefreshTokenUsage::Reuse`]: whether a refresh answers the same refresh token again
+    /// (`true`, the default) or no refresh token at all, as some servers do.
+    pub fn reuse_returns_refresh_token(mut self, returns: bool) -> Self {
+        self.settings.refresh.reuse_returns_refresh_token = returns;
+        self
+    }
+
+    /// How long a refresh token family may be refreshed, counted from sign-in (default 30 days);
+    /// see [`TestServer::set_refresh_token_absolute_lifetime`].
+    pub fn refresh_token_absolute_lifetime(mut self, lifetime: Duration) -> Self {
+        self.settings.refresh.lifetimes.absolute = lifetime;
+        self
+    }
+
+    /// Makes refresh token families also expire this long after their last use, the sign-in or
+    /// the latest refresh (default: no sliding lifetime); see
+    /// [`TestServer::set_refresh_token_sliding_lifetime`].
+    pub fn refresh_token_sliding_lifetime(mut self, lifetime: Duration) -> Self {
+        self.settings.refresh.lifetimes.sliding = Some(lifetime);
+        self
+    }
+
+    /// The `issuer` the discovery metadata announces (default: the server's base URL), e.g.
+    /// another URL to test that a client refuses metadata whose issuer is not the one it was
+    /// configured with. Only the metadata changes: the server still serves at its base URL.
+    pub fn issuer(mut self, issuer: &str) -> Self {
+        self.settings.issuer = Some(issuer.to_owned());
+        self
+    }
+
+    /// The scopes listed as `scopes_supported` in the discovery metadata (default: not listed),
+    /// which are also what a user is granted by a sign-in that asks for no scope.
+    pub fn scopes_supported(mut self, scopes: &[&str]) -> Self {
+        self.settings.scopes_supported = scopes.iter().map(|&scope| scope.to_owned()).collect();
+        self
+    }
+
+    /// Whether `/.well-known/openid-configuration` is served (default `true`); with `false` it
+    /// answers 404, like a plain OAuth server, so that a client's fallback to
+    /// `/.well-known/oauth-authorization-server` can be tested.
+    pub fn serve_openid_configuration(mut self, serve: bool) -> Self {
+        self.settings.serve_openid_configuration = serve;
         self
     }
 
@@ -320,26 +622,27 @@ impl TestServerBuilder {
     pub async fn start(self) -> std::io::Result<TestServer> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(State::new(
-            self.clients,
-            self.extension_grants,
-            self.token_lifetime,
-            self.delay,
-            self.api_mode,
-        ));
+        let base_url = format!("http://{addr}");
+        let state = Arc::new(State::new(self.settings, base_url.clone()));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&state), stopped));
         tracing::debug!(%addr, "test server started");
         Ok(TestServer {
             inner: Arc::new(Inner {
                 addr,
-                base_url: format!("http://{addr}"),
+                base_url,
                 state,
                 stop,
                 task: Mutex::new(Some(task)),
             }),
         })
     }
+}
+
+/// Sets `key` to `value` in a list of pairs, keeping the order of first registration.
+fn replace(pairs: &mut Vec<(String, String)>, key: &str, value: &str) {
+    pairs.retain(|(known, _)| known != key);
+    pairs.push((key.to_owned(), value.to_owned()));
 }
 
 /// The error a handler returns to make hyper close the connection without a response.
@@ -416,9 +719,12 @@ async fn route(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Disconnect> {
     let path = request.uri().path();
-    if path == "/token" {
-        // Clients authenticate here with `Authorization: Basic`; that is no leak.
+    // Clients authenticate at these two with `Authorization: Basic`; that is no leak.
+    if path == TOKEN_PATH {
         return token_endpoint::handle(state, request).await;
+    }
+    if path == REVOCATION_PATH {
+        return revocation::handle(state, request).await;
     }
     if request.headers().contains_key(AUTHORIZATION) {
         state.count_request_with_authorization();
@@ -427,6 +733,8 @@ async fn route(
         api::handle(state, request).await
     } else if path == "/redirect" {
         redirect::handle(request).await
+    } else if let Some(document) = DiscoveryDocument::from_path(path) {
+        discovery::handle(state, request, document).await
     } else {
         Ok(body::plain(StatusCode::NOT_FOUND))
     }

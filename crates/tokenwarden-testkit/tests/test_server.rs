@@ -245,7 +245,7 @@ async fn other_grants_are_unsupported() {
     let request = Request::post(h.server.token_endpoint())
         .header(CONTENT_TYPE, FORM)
         .body(Full::from(
-            "grant_type=refresh_token&refresh_token=x&client_id=alpha&client_secret=alpha-secret",
+            "grant_type=authorization_code&code=x&client_id=alpha&client_secret=alpha-secret",
         ))
         .unwrap();
     let reply = h.send(request).await.unwrap();
@@ -851,7 +851,7 @@ async fn extension_grants_still_require_client_authentication() {
 #[tokio::test]
 async fn unregistered_grant_types_stay_unsupported_next_to_extensions() {
     let h = Harness::with(extension_server().start().await.unwrap());
-    for grant_type in ["refresh_token", "urn:example:other"] {
+    for grant_type in ["authorization_code", "urn:example:other"] {
         let reply = h
             .send(extension_request(
                 &h,
