@@ -8,10 +8,11 @@ use http_body_util::{BodyExt as _, Full};
 use tokenwarden_core::{BoxError, TokenParams};
 use tower::ServiceExt as _;
 
-use crate::request::token_request;
+use crate::client_config::Endpoints;
+use crate::request::form_post;
 use crate::response::parse_token_response;
 use crate::transport::{ResponseBody, Transport, boxed, default_transport};
-use crate::{Error, Form, Grant, TokenResponse};
+use crate::{ClientConfig, Error, Form, Grant, TokenResponse};
 
 /// Sends token requests to token endpoints over an HTTP transport.
 ///
@@ -70,16 +71,16 @@ impl OAuthClient {
         let mut form = Form::default();
         form.push("grant_type", grant.grant_type());
         grant.form(params, &mut form)?;
-        let request = token_request(client, form)?;
+        let endpoint = &self.endpoints(client).await?.token;
+        let request = form_post(client, endpoint, form)?;
         let timeout = client.timeout();
         let grant_type = grant.grant_type();
         tracing::debug!(
             client_id = client.client_id(),
-            token_endpoint = %client.token_endpoint(),
+            token_endpoint = %endpoint,
             grant_type,
             "requesting a token"
         );
-        let endpoint = client.token_endpoint();
         let exchange = send(
             self.transport.clone(),
             request,
@@ -116,13 +117,45 @@ impl OAuthClient {
     }
 }
 
+impl OAuthClient {
+    /// The client's endpoints: configured, or from its issuer's metadata.
+    pub(crate) async fn endpoints(
+        &self,
+        client: &ClientConfig,
+    ) -> Result<ResolvedEndpoints, Error> {
+        match client.endpoints() {
+            Endpoints::Fixed { token, revocation } => Ok(ResolvedEndpoints {
+                token: token.clone(),
+                revocation: revocation.clone(),
+            }),
+            Endpoints::Discovered(discovery) => {
+                let metadata = discovery.metadata(&self.transport, client).await?;
+                Ok(ResolvedEndpoints {
+                    token: metadata.token_endpoint.clone(),
+                    revocation: metadata.revocation_endpoint.clone(),
+                })
+            }
+        }
+    }
+
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.transport
+    }
+}
+
+/// Where a client's requests go, known.
+pub(crate) struct ResolvedEndpoints {
+    pub(crate) token: Uri,
+    pub(crate) revocation: Option<Uri>,
+}
+
 impl fmt::Debug for OAuthClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OAuthClient").finish_non_exhaustive()
     }
 }
 
-async fn send(
+pub(crate) async fn send(
     transport: Transport,
     request: http::Request<Full<Bytes>>,
     endpoint: &Uri,

@@ -10,6 +10,7 @@ use http::Uri;
 use tokenwarden_core::Secret;
 
 use crate::Error;
+use crate::discovery::Discovery;
 
 /// How the client authenticates to the token endpoint (RFC 6749 §2.3).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,6 +34,12 @@ impl ClientAuth {
             ClientAuth::None => "none",
         }
     }
+}
+
+/// Where a client's requests go: endpoints configured, or learned from the issuer's metadata.
+pub(crate) enum Endpoints {
+    Fixed { token: Uri, revocation: Option<Uri> },
+    Discovered(Arc<Discovery>),
 }
 
 /// A client registered at an authorization server: where its token endpoint is, its id, how it
@@ -60,7 +67,7 @@ pub struct ClientConfig {
 }
 
 struct Inner {
-    token_endpoint: Uri,
+    endpoints: Endpoints,
     client_id: String,
     client_secret: Option<Secret>,
     auth: ClientAuth,
@@ -79,24 +86,52 @@ impl ClientConfig {
     /// The default limit for a response body.
     pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
+    /// The default lifetime of discovered metadata.
+    pub const DEFAULT_DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+
     /// Starts the definition of a client of `token_endpoint`; the configuration is checked by
     /// [`ClientConfigBuilder::build`].
     pub fn builder(token_endpoint: &str, client_id: &str) -> ClientConfigBuilder {
-        ClientConfigBuilder {
-            token_endpoint: token_endpoint.to_owned(),
-            client_id: client_id.to_owned(),
-            client_secret: None,
-            auth: ClientAuth::default(),
-            default_lifetime: Self::DEFAULT_LIFETIME,
-            timeout: Self::DEFAULT_TIMEOUT,
-            max_response_bytes: Self::DEFAULT_MAX_RESPONSE_BYTES,
-            allow_insecure_http: false,
+        ClientConfigBuilder::new(Where::Endpoint(token_endpoint.to_owned()), client_id)
+    }
+
+    /// Starts the definition of a client of the authorization server `issuer`, whose endpoints
+    /// are read from its metadata (RFC 8414, OpenID Connect Discovery): from
+    /// `{issuer}/.well-known/openid-configuration`, else
+    /// `/.well-known/oauth-authorization-server`, when they are first needed. The metadata is
+    /// kept for [`discovery_ttl`](ClientConfigBuilder::discovery_ttl) and fetched again after a
+    /// failure; its `issuer` must be `issuer`, and its endpoints https (unless loopback or
+    /// [`allow_insecure_http`](ClientConfigBuilder::allow_insecure_http)).
+    pub fn from_issuer(issuer: &str, client_id: &str) -> ClientConfigBuilder {
+        ClientConfigBuilder::new(Where::Issuer(issuer.to_owned()), client_id)
+    }
+
+    /// The token endpoint, when it was configured rather than discovered.
+    pub fn token_endpoint(&self) -> Option<&Uri> {
+        match &self.inner.endpoints {
+            Endpoints::Fixed { token, .. } => Some(token),
+            Endpoints::Discovered(_) => None,
         }
     }
 
-    /// The token endpoint.
-    pub fn token_endpoint(&self) -> &Uri {
-        &self.inner.token_endpoint
+    /// The authorization server's issuer, when the endpoints are discovered.
+    pub fn issuer(&self) -> Option<&Uri> {
+        match &self.inner.endpoints {
+            Endpoints::Fixed { .. } => None,
+            Endpoints::Discovered(discovery) => Some(discovery.issuer()),
+        }
+    }
+
+    /// What identifies the server: the token endpoint, or the issuer (for cache keys and logs).
+    pub fn server(&self) -> &Uri {
+        match &self.inner.endpoints {
+            Endpoints::Fixed { token, .. } => token,
+            Endpoints::Discovered(discovery) => discovery.issuer(),
+        }
+    }
+
+    pub(crate) fn endpoints(&self) -> &Endpoints {
+        &self.inner.endpoints
     }
 
     /// The client id.
@@ -133,8 +168,14 @@ impl ClientConfig {
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &self.inner;
-        f.debug_struct("ClientConfig")
-            .field("token_endpoint", &inner.token_endpoint)
+        let mut debug = f.debug_struct("ClientConfig");
+        match &inner.endpoints {
+            Endpoints::Fixed { token, revocation } => debug
+                .field("token_endpoint", token)
+                .field("revocation_endpoint", revocation),
+            Endpoints::Discovered(discovery) => debug.field("issuer", discovery.issuer()),
+        };
+        debug
             .field("client_id", &inner.client_id)
             // `Secret` prints `***`; the field shows whether a secret is configured.
             .field("client_secret", &inner.client_secret)
@@ -150,7 +191,9 @@ impl fmt::Debug for ClientConfig {
 #[derive(Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct ClientConfigBuilder {
-    token_endpoint: String,
+    server: Where,
+    revocation_endpoint: Option<String>,
+    discovery_ttl: Duration,
     client_id: String,
     client_secret: Option<Secret>,
     auth: ClientAuth,
@@ -160,7 +203,42 @@ pub struct ClientConfigBuilder {
     allow_insecure_http: bool,
 }
 
+/// Where the builder's client sends its requests.
+#[derive(Clone, Debug)]
+enum Where {
+    Endpoint(String),
+    Issuer(String),
+}
+
 impl ClientConfigBuilder {
+    fn new(server: Where, client_id: &str) -> Self {
+        ClientConfigBuilder {
+            server,
+            revocation_endpoint: None,
+            discovery_ttl: ClientConfig::DEFAULT_DISCOVERY_TTL,
+            client_id: client_id.to_owned(),
+            client_secret: None,
+            auth: ClientAuth::default(),
+            default_lifetime: ClientConfig::DEFAULT_LIFETIME,
+            timeout: ClientConfig::DEFAULT_TIMEOUT,
+            max_response_bytes: ClientConfig::DEFAULT_MAX_RESPONSE_BYTES,
+            allow_insecure_http: false,
+        }
+    }
+
+    /// Sets the revocation endpoint (RFC 7009) of a client configured with its token endpoint;
+    /// a discovered client takes it from the metadata.
+    pub fn revocation_endpoint(mut self, endpoint: &str) -> Self {
+        self.revocation_endpoint = Some(endpoint.to_owned());
+        self
+    }
+
+    /// How long discovered metadata is used before it is fetched again (default one hour).
+    pub fn discovery_ttl(mut self, ttl: Duration) -> Self {
+        self.discovery_ttl = ttl;
+        self
+    }
+
     /// Sets the client secret, required by [`ClientAuth::SecretBasic`] and [`ClientAuth::SecretPost`].
     pub fn client_secret(mut self, secret: impl Into<Secret>) -> Self {
         self.client_secret = Some(secret.into());
@@ -206,7 +284,36 @@ impl ClientConfigBuilder {
     /// the client id is empty, the authentication method needs a secret that is missing (or has
     /// one it would not send), or a limit is zero or too large.
     pub fn build(self) -> Result<ClientConfig, Error> {
-        let token_endpoint = check_endpoint(&self.token_endpoint, self.allow_insecure_http)?;
+        let endpoints = match &self.server {
+            Where::Endpoint(token) => Endpoints::Fixed {
+                token: check_endpoint("the token endpoint", token, self.allow_insecure_http)?,
+                revocation: self
+                    .revocation_endpoint
+                    .as_deref()
+                    .map(|r| check_endpoint("the revocation endpoint", r, self.allow_insecure_http))
+                    .transpose()?,
+            },
+            Where::Issuer(issuer) => {
+                if self.revocation_endpoint.is_some() {
+                    return Err(Error::config(
+                        "a client configured by issuer takes its revocation endpoint from the issuer's metadata",
+                    ));
+                }
+                if self.discovery_ttl > ClientConfig::MAX_TIMEOUT {
+                    return Err(Error::config(format!(
+                        "the discovery TTL of {:?} is too long: at most {:?}",
+                        self.discovery_ttl,
+                        ClientConfig::MAX_TIMEOUT
+                    )));
+                }
+                let issuer = check_endpoint("the issuer", issuer, self.allow_insecure_http)?;
+                Endpoints::Discovered(Arc::new(Discovery::new(
+                    issuer,
+                    self.allow_insecure_http,
+                    self.discovery_ttl,
+                )))
+            }
+        };
         if self.client_id.is_empty() {
             return Err(Error::config("the client id is empty"));
         }
@@ -251,7 +358,7 @@ impl ClientConfigBuilder {
         }
         Ok(ClientConfig {
             inner: Arc::new(Inner {
-                token_endpoint,
+                endpoints,
                 client_id: self.client_id,
                 client_secret: self.client_secret,
                 auth: self.auth,
@@ -266,7 +373,8 @@ impl ClientConfigBuilder {
 impl fmt::Debug for ClientConfigBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientConfigBuilder")
-            .field("token_endpoint", &self.token_endpoint)
+            .field("server", &self.server)
+            .field("revocation_endpoint", &self.revocation_endpoint)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
             .field("auth", &self.auth)
@@ -275,10 +383,16 @@ impl fmt::Debug for ClientConfigBuilder {
     }
 }
 
-fn check_endpoint(endpoint: &str, allow_insecure_http: bool) -> Result<Uri, Error> {
+/// Checks that `endpoint` (`what` it is, for the message) is an absolute https URL, or http on
+/// a loopback host or when allowed.
+pub(crate) fn check_endpoint(
+    what: &str,
+    endpoint: &str,
+    allow_insecure_http: bool,
+) -> Result<Uri, Error> {
     let not_absolute = || {
         Error::config(format!(
-            "the token endpoint {endpoint:?} must be an absolute http(s) URL, such as \
+            "{what} {endpoint:?} must be an absolute http(s) URL, such as \
              https://idp.example.com/oauth2/token"
         ))
     };
@@ -287,16 +401,14 @@ fn check_endpoint(endpoint: &str, allow_insecure_http: bool) -> Result<Uri, Erro
     let authority = uri.authority().ok_or_else(not_absolute)?;
     if authority.as_str().contains('@') {
         // User info would be sent nowhere useful and may end up in logs; it is not echoed.
-        return Err(Error::config(
-            "the token endpoint must not contain user info",
-        ));
+        return Err(Error::config(format!("{what} must not contain user info")));
     }
     match uri.scheme_str() {
         Some("https") => {}
         Some("http") if allow_insecure_http || is_loopback_host(authority.host()) => {}
         Some("http") => {
             return Err(Error::config(format!(
-                "the token endpoint {endpoint:?} must use https: http is accepted only for \
+                "{what} {endpoint:?} must use https: http is accepted only for \
                  loopback hosts, or with allow_insecure_http(true) in a closed test network"
             )));
         }
@@ -337,7 +449,11 @@ mod tests {
     #[test]
     fn defaults() {
         let c = build("https://auth.example.com/oauth/token").unwrap();
-        assert_eq!(c.token_endpoint(), "https://auth.example.com/oauth/token");
+        assert_eq!(
+            c.token_endpoint().unwrap(),
+            "https://auth.example.com/oauth/token"
+        );
+        assert_eq!(c.issuer(), None);
         assert_eq!(c.client_id(), "client");
         assert_eq!(c.auth(), &ClientAuth::SecretBasic);
         assert_eq!(c.default_lifetime(), Duration::from_secs(3600));

@@ -14,7 +14,7 @@ use tokenwarden_core::BoxError;
 pub enum Error {
     /// The token endpoint answered with an OAuth 2.0 error body (RFC 6749 §5.2).
     #[error(
-        "token endpoint {endpoint} returned error {error:?} (status {status}){}",
+        "{endpoint} returned error {error:?} (status {status}){}",
         description_suffix(description.as_deref())
     )]
     TokenEndpoint {
@@ -32,7 +32,7 @@ pub enum Error {
     },
     /// The token endpoint answered with a non-2xx status and no OAuth 2.0 error body (a 404
     /// usually means the endpoint URL is wrong).
-    #[error("token endpoint {endpoint} answered {status}")]
+    #[error("{endpoint} answered {status}")]
     UnexpectedStatus {
         /// The token endpoint.
         endpoint: String,
@@ -44,7 +44,7 @@ pub enum Error {
     },
     /// The request could not be sent or the response could not be read: `kind` says what went
     /// wrong (connection refused, DNS, TLS, ...), `source` how the transport put it.
-    #[error("could not reach the token endpoint {endpoint}: {kind}")]
+    #[error("could not reach {endpoint}: {kind}")]
     Transport {
         /// The token endpoint.
         endpoint: String,
@@ -56,7 +56,7 @@ pub enum Error {
     },
     /// No complete answer (response body included) within the client's timeout, or the
     /// manager's deadline.
-    #[error("token endpoint {endpoint} did not answer within {after:?}")]
+    #[error("{endpoint} did not answer within {after:?}")]
     Timeout {
         /// The token endpoint.
         endpoint: String,
@@ -75,6 +75,25 @@ pub enum Error {
     /// The server issued an access token that cannot be sent in an HTTP header.
     #[error("token endpoint issued an access token that is not header-safe")]
     InvalidToken(#[source] tokenwarden_core::Error),
+    /// A client configured by issuer could not learn its endpoints from the issuer's metadata.
+    #[error("discovery of {issuer} failed: {problem}")]
+    Discovery {
+        /// The configured issuer.
+        issuer: String,
+        /// What went wrong.
+        problem: String,
+        /// The failure behind it (a transport error, a status), if any.
+        #[source]
+        source: Option<Box<Error>>,
+    },
+    /// A revocation was asked of a client with no revocation endpoint.
+    #[error(
+        "client {client_id:?} has no revocation endpoint: configure one, or configure the client by issuer"
+    )]
+    NoRevocationEndpoint {
+        /// The client's id.
+        client_id: String,
+    },
     /// The client's configuration or the request's parameters are invalid.
     #[error("invalid client configuration: {0}")]
     Config(String),
@@ -90,6 +109,8 @@ impl Error {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
             Error::Transport { .. } | Error::Timeout { .. } => true,
+            Error::Discovery { source, .. } => source.as_deref().is_some_and(Error::is_retryable),
+            Error::NoRevocationEndpoint { .. } => false,
             Error::InvalidResponse(_)
             | Error::ResponseTooLarge { .. }
             | Error::InvalidToken(_)
@@ -258,7 +279,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            r#"token endpoint https://idp.example.com/oauth2/token returned error "invalid_client" (status 401 Unauthorized): "bad\nline""#
+            r#"https://idp.example.com/oauth2/token returned error "invalid_client" (status 401 Unauthorized): "bad\nline""#
         );
         let e = Error::UnexpectedStatus {
             endpoint: endpoint(),
@@ -267,7 +288,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "token endpoint https://idp.example.com/oauth2/token answered 404 Not Found"
+            "https://idp.example.com/oauth2/token answered 404 Not Found"
         );
         let e = Error::Timeout {
             endpoint: endpoint(),
@@ -275,7 +296,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "token endpoint https://idp.example.com/oauth2/token did not answer within 250ms"
+            "https://idp.example.com/oauth2/token did not answer within 250ms"
         );
     }
 
@@ -285,7 +306,7 @@ mod tests {
         let e = Error::transport(&endpoint().parse().unwrap(), Box::new(refused));
         assert_eq!(
             e.to_string(),
-            "could not reach the token endpoint https://idp.example.com/oauth2/token: connection refused"
+            "could not reach https://idp.example.com/oauth2/token: connection refused"
         );
         #[derive(Debug)]
         struct Named(&'static str, Option<std::io::Error>);

@@ -76,11 +76,14 @@
 mod client;
 mod client_config;
 mod client_credentials;
+mod discovery;
 mod error;
 mod extension;
 mod grant;
+mod refresh;
 mod request;
 mod response;
+mod revocation;
 mod target;
 mod transport;
 
@@ -90,6 +93,8 @@ pub use client_credentials::ClientCredentials;
 pub use error::{Error, TransportKind};
 pub use extension::ExtensionGrant;
 pub use grant::{Form, Grant};
+pub use refresh::{RefreshTokenGrant, RefreshTokens};
 pub use response::{MAX_EXPIRES_IN, TokenResponse};
+pub use revocation::TokenTypeHint;
 pub use tokenwarden_core::BoxError;
 pub use transport::{HttpsClient, https_client};

@@ -6,12 +6,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderValue, Method, Request};
+use http::{HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
 
-/// The HTTP request for `form`, authenticated as `client`.
-pub(crate) fn token_request(
+/// The HTTP request posting `form` to `endpoint`, authenticated as `client` (token and
+/// revocation requests alike).
+pub(crate) fn form_post(
     client: &ClientConfig,
+    endpoint: &Uri,
     mut form: Form,
 ) -> Result<Request<Full<Bytes>>, Error> {
     let mut authorization = None;
@@ -37,7 +39,7 @@ pub(crate) fn token_request(
     }
     let mut builder = Request::builder()
         .method(Method::POST)
-        .uri(client.token_endpoint().clone())
+        .uri(endpoint.clone())
         .header(
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
@@ -50,7 +52,7 @@ pub(crate) fn token_request(
     // already validated; the message stays generic so no form value can end up in it.
     builder
         .body(Full::new(Bytes::from(form.encode())))
-        .map_err(|_| Error::config("could not build the token request"))
+        .map_err(|_| Error::config("could not build the request"))
 }
 
 /// RFC 6749 §2.3.1: the id and secret are form-encoded before they are joined and base64-encoded,
@@ -120,7 +122,8 @@ mod tests {
             .client_secret("pw")
             .build()
             .unwrap();
-        let (parts, body) = body_of(token_request(&c, grant_form()).unwrap()).await;
+        let (parts, body) =
+            body_of(form_post(&c, c.token_endpoint().unwrap(), grant_form()).unwrap()).await;
         assert_eq!(parts.method, Method::POST);
         assert_eq!(parts.uri, "https://auth.example.com/token");
         assert_eq!(
@@ -144,7 +147,8 @@ mod tests {
             .unwrap();
         let mut form = grant_form();
         form.push("scope", "a b");
-        let (parts, body) = body_of(token_request(&post, form).unwrap()).await;
+        let (parts, body) =
+            body_of(form_post(&post, post.token_endpoint().unwrap(), form).unwrap()).await;
         assert!(!parts.headers.contains_key(AUTHORIZATION));
         assert_eq!(
             body,
@@ -155,7 +159,9 @@ mod tests {
             .auth(ClientAuth::None)
             .build()
             .unwrap();
-        let (parts, body) = body_of(token_request(&public, grant_form()).unwrap()).await;
+        let (parts, body) =
+            body_of(form_post(&public, public.token_endpoint().unwrap(), grant_form()).unwrap())
+                .await;
         assert!(!parts.headers.contains_key(AUTHORIZATION));
         assert_eq!(body, "grant_type=client_credentials&client_id=pub");
     }

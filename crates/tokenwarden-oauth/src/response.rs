@@ -166,6 +166,27 @@ fn parse_success(map: &Map<String, Value>) -> Result<TokenResponse, Error> {
     })
 }
 
+/// The error an answer that is not a success stands for: the OAuth error in its body (RFC 7009
+/// §2.2.1 uses the same form), else its status.
+pub(crate) fn parse_token_response_error(
+    endpoint: &Uri,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Error {
+    let retry_after = retry_after(status, headers);
+    if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body)
+        && let Some(error) = oauth_error(endpoint, status, &map, retry_after)
+    {
+        return error;
+    }
+    Error::UnexpectedStatus {
+        endpoint: endpoint.to_string(),
+        status,
+        retry_after,
+    }
+}
+
 /// RFC 6749 §5.2: an object with a string `error` is an error response.
 fn oauth_error(
     endpoint: &Uri,

@@ -197,34 +197,60 @@ async fn token_params_replace_the_grants_scope_resources_audience_and_params() {
 }
 
 /// Collects everything `tracing` emits while the guard lives (current-thread runtime only).
-fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
-    #[derive(Clone)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+/// Everything logged in this test binary, by every test: one global subscriber, so no test's
+/// events depend on tracing's per-call-site cache of who listens (which scoped subscribers set
+/// on several threads at once can leave stale). Each line names its thread, and a test reads
+/// back the lines of its own thread.
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+#[derive(Clone, Copy)]
+struct Sink;
+
+impl io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
     }
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let sink = Sink(logs.clone());
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || sink.clone())
-        .finish();
-    (logs, tracing::subscriber::set_default(subscriber))
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
-fn text(logs: &Arc<Mutex<Vec<u8>>>) -> String {
-    String::from_utf8(logs.lock().unwrap().clone()).unwrap()
+/// The current test's logs from now on.
+struct Logs {
+    thread: String,
+    from: usize,
+}
+
+fn capture_logs() -> Logs {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_thread_names(true)
+            .with_ansi(false)
+            .with_writer(|| Sink)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+    });
+    Logs {
+        thread: std::thread::current().name().unwrap_or_default().to_owned(),
+        from: LOGS.lock().unwrap().len(),
+    }
+}
+
+fn text(logs: &Logs) -> String {
+    let all = LOGS.lock().unwrap();
+    String::from_utf8_lossy(&all[logs.from..])
+        .lines()
+        .filter(|line| line.contains(&logs.thread))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[tokio::test]
 async fn refresh_token_of_a_client_credentials_response_is_dropped_and_logged() {
-    let (logs, _guard) = capture_logs();
+    let logs = capture_logs();
     let (oauth, _) = recording(
         200,
         r#"{"access_token":"access-token-d0-not-log","token_type":"Bearer","refresh_token":"refresh-token-d0-not-log"}"#,
@@ -243,7 +269,7 @@ async fn refresh_token_of_a_client_credentials_response_is_dropped_and_logged() 
 
 #[tokio::test]
 async fn secrets_and_tokens_never_reach_logs_or_errors() {
-    let (logs, _guard) = capture_logs();
+    let logs = capture_logs();
     for auth in [ClientAuth::SecretBasic, ClientAuth::SecretPost] {
         let c = client(auth);
         let (oauth, _) = recording(200, GOOD);
@@ -479,7 +505,7 @@ fn signed_assertion() -> SignedAssertion {
 
 #[tokio::test]
 async fn a_grant_written_by_the_user_goes_through_request_token_and_its_check_applies() {
-    let (logs, _guard) = capture_logs();
+    let logs = capture_logs();
     let grant = signed_assertion();
     // Grants of different types can sit behind one trait object.
     let any: &dyn Grant = &grant;
