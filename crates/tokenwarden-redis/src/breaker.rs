@@ -14,12 +14,42 @@ enum State {
     HalfOpen,
 }
 
+/// Which Redis user a breaker guards: it names the calls in the log line and the gauge
+/// (feature `metrics`), so a token cache and a user token store in one process report apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tier {
+    /// A [`RedisTokenCache`](crate::RedisTokenCache).
+    TokenCache,
+    /// A [`RedisUserTokenStore`](crate::RedisUserTokenStore).
+    UserStore,
+}
+
+impl Tier {
+    /// Whose calls fail fast while the breaker is open, for the log line.
+    fn calls(self) -> &'static str {
+        match self {
+            Tier::TokenCache => "token cache",
+            Tier::UserStore => "user token store",
+        }
+    }
+
+    /// The gauge that is 1 while the breaker is open.
+    #[cfg(feature = "metrics")]
+    fn gauge(self) -> &'static str {
+        match self {
+            Tier::TokenCache => "tokenwarden_shared_cache_breaker_open",
+            Tier::UserStore => "tokenwarden_user_store_breaker_open",
+        }
+    }
+}
+
 /// Opens after `threshold` consecutive failures, stays open for `cool_down`, then lets one probe
 /// through: its success closes the breaker, its failure opens it for another cool-down.
 ///
 /// The lock is held only to read or write the state, never across an await.
 #[derive(Debug)]
 pub(crate) struct CircuitBreaker {
+    tier: Tier,
     threshold: u32,
     cool_down: Duration,
     state: Mutex<State>,
@@ -37,8 +67,9 @@ pub(crate) struct Permit<'a> {
 }
 
 impl CircuitBreaker {
-    pub(crate) fn new(threshold: u32, cool_down: Duration) -> Self {
+    pub(crate) fn new(tier: Tier, threshold: u32, cool_down: Duration) -> Self {
         CircuitBreaker {
+            tier,
             threshold: threshold.max(1),
             cool_down,
             state: Mutex::new(State::Closed { failures: 0 }),
@@ -72,9 +103,12 @@ impl CircuitBreaker {
     fn on_success(&self) {
         let mut state = self.lock();
         if !matches!(*state, State::Closed { .. }) {
-            tracing::warn!("redis is available again: circuit breaker closed");
+            tracing::warn!(
+                tier = self.tier.calls(),
+                "redis is available again: circuit breaker closed"
+            );
             #[cfg(feature = "metrics")]
-            metrics::gauge!("tokenwarden_shared_cache_breaker_open").set(0.0);
+            metrics::gauge!(self.tier.gauge()).set(0.0);
         }
         *state = State::Closed { failures: 0 };
     }
@@ -90,10 +124,11 @@ impl CircuitBreaker {
                 tracing::warn!(
                     failures = failures + 1,
                     cool_down_ms = u64::try_from(self.cool_down.as_millis()).unwrap_or(u64::MAX),
-                    "redis is unavailable: circuit breaker opened, token cache calls fail fast"
+                    "redis is unavailable: circuit breaker opened, {} calls fail fast",
+                    self.tier.calls()
                 );
                 #[cfg(feature = "metrics")]
-                metrics::gauge!("tokenwarden_shared_cache_breaker_open").set(1.0);
+                metrics::gauge!(self.tier.gauge()).set(1.0);
                 *state = open;
             }
             State::Closed { failures } => {
@@ -156,7 +191,7 @@ mod tests {
 
     #[test]
     fn opens_after_consecutive_failures_only() {
-        let b = CircuitBreaker::new(3, Duration::from_secs(60));
+        let b = CircuitBreaker::new(Tier::TokenCache, 3, Duration::from_secs(60));
         b.try_acquire().unwrap().failure();
         let closed = b.try_acquire().unwrap();
         assert!(
@@ -175,7 +210,7 @@ mod tests {
 
     #[test]
     fn one_probe_after_cool_down_and_success_closes() {
-        let b = CircuitBreaker::new(1, Duration::ZERO);
+        let b = CircuitBreaker::new(Tier::TokenCache, 1, Duration::ZERO);
         b.try_acquire().unwrap().failure();
         assert!(!b.is_closed());
         let probe = b.try_acquire().expect("cool-down is over: probe");
@@ -187,7 +222,7 @@ mod tests {
 
     #[test]
     fn failed_probe_reopens() {
-        let b = CircuitBreaker::new(1, Duration::from_secs(60));
+        let b = CircuitBreaker::new(Tier::TokenCache, 1, Duration::from_secs(60));
         b.try_acquire().unwrap().failure();
         *b.lock() = State::Open {
             until: Instant::now(),
@@ -198,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_cancelled_probe_counts_as_failure() {
-        let b = CircuitBreaker::new(1, Duration::ZERO);
+        let b = CircuitBreaker::new(Tier::TokenCache, 1, Duration::ZERO);
         b.try_acquire().unwrap().failure();
         drop(b.try_acquire().unwrap());
         assert!(!b.is_closed());

@@ -1,17 +1,19 @@
-//! Configuration of a [`RedisTokenCache`].
+//! Configuration of a [`RedisTokenCache`] or a [`RedisUserTokenStore`]: one builder type, whose
+//! Redis settings both share.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManagerConfig;
 use tokenwarden_core::{Clock, SystemClock};
 
-use crate::breaker::CircuitBreaker;
-use crate::cache::{Inner, RedisTokenCache};
-use crate::{Encryption, Error};
+use crate::breaker::{CircuitBreaker, Tier};
+use crate::connection::Connection;
+use crate::{Encryption, Error, RedisTokenCache, RedisUserTokenStore};
 
-/// The default prefix of every Redis key this cache writes: none, because a [`CacheKey`]
+/// The default prefix of every Redis key this crate writes: none, because a [`CacheKey`]
 /// already starts with its namespace (`tokenwarden:v1:` unless the manager was given another).
 ///
 /// [`CacheKey`]: tokenwarden_core::CacheKey
@@ -22,6 +24,10 @@ pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(200);
 pub const DEFAULT_BREAKER_FAILURES: u32 = 3;
 /// The default time the circuit breaker stays open before it probes Redis again.
 pub const DEFAULT_BREAKER_COOL_DOWN: Duration = Duration::from_secs(5);
+/// The default lifetime of a user token record in Redis, renewed by every write: 30 days.
+pub const DEFAULT_USER_RECORD_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The longest user record TTL [`RedisUserTokenStoreBuilder::record_ttl`] accepts: 10 years.
+pub const MAX_USER_RECORD_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
 
 /// Reconnect attempts inside one connection attempt of the connection manager; our own circuit
 /// breaker does the longer-term backing off.
@@ -32,47 +38,75 @@ const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 /// while operations time out, but never longer than this.
 const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Builds a [`RedisTokenCache`]; start with [`RedisTokenCache::builder`].
+/// Builds a [`RedisTokenCache`] ([`RedisTokenCache::builder`]) or a [`RedisUserTokenStore`]
+/// ([`RedisUserTokenStore::builder`]).
+///
+/// The Redis settings (URL, key prefix, operation timeout, circuit breaker, encryption, TLS) are
+/// the same for both; [`clock`](RedisTokenCacheBuilder::clock) is the cache's own and
+/// [`record_ttl`](RedisUserTokenStoreBuilder::record_ttl) the store's.
 #[must_use]
-pub struct RedisTokenCacheBuilder {
+pub struct RedisBuilder<T> {
+    settings: Settings,
+    /// The cache's: decides TTLs and freshness.
+    clock: Arc<dyn Clock>,
+    /// The store's: how long a record lives after its last write.
+    record_ttl: Duration,
+    builds: PhantomData<fn() -> T>,
+}
+
+/// Builds a [`RedisTokenCache`]; start with [`RedisTokenCache::builder`].
+pub type RedisTokenCacheBuilder = RedisBuilder<RedisTokenCache>;
+
+/// Builds a [`RedisUserTokenStore`]; start with [`RedisUserTokenStore::builder`].
+pub type RedisUserTokenStoreBuilder = RedisBuilder<RedisUserTokenStore>;
+
+/// What both products are built from: where Redis is and how every call to it behaves.
+struct Settings {
     url: String,
     key_prefix: String,
     op_timeout: Duration,
     breaker_failures: u32,
     breaker_cool_down: Duration,
     encryption: Option<Encryption>,
-    clock: Arc<dyn Clock>,
     #[cfg(feature = "tls-rustls")]
     tls: Option<redis::TlsCertificates>,
 }
 
-impl RedisTokenCacheBuilder {
+impl<T> RedisBuilder<T> {
     pub(crate) fn new(url: &str) -> Self {
-        RedisTokenCacheBuilder {
-            url: url.to_owned(),
-            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
-            op_timeout: DEFAULT_OP_TIMEOUT,
-            breaker_failures: DEFAULT_BREAKER_FAILURES,
-            breaker_cool_down: DEFAULT_BREAKER_COOL_DOWN,
-            encryption: None,
+        RedisBuilder {
+            settings: Settings {
+                url: url.to_owned(),
+                key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+                op_timeout: DEFAULT_OP_TIMEOUT,
+                breaker_failures: DEFAULT_BREAKER_FAILURES,
+                breaker_cool_down: DEFAULT_BREAKER_COOL_DOWN,
+                encryption: None,
+                #[cfg(feature = "tls-rustls")]
+                tls: None,
+            },
             clock: Arc::new(SystemClock),
-            #[cfg(feature = "tls-rustls")]
-            tls: None,
+            record_ttl: DEFAULT_USER_RECORD_TTL,
+            builds: PhantomData,
         }
     }
 
     /// Prefix of every Redis key (default none: cache keys already start with their namespace).
-    /// Token entries live at `<prefix><cache key>`, leases at `<prefix><cache key>:lease` (a cache
-    /// key never contains `:` after its `namespace:v1:` head, so the two cannot collide).
+    /// Values live at `<prefix><cache key>`, leases at `<prefix><cache key>:lease` (a cache key
+    /// never contains `:` after its `namespace:v1:` head, so the two cannot collide).
+    ///
+    /// A token cache and a user token store on the same Redis must not share a key: give them
+    /// different prefixes unless their cache keys differ anyway.
     pub fn key_prefix(mut self, prefix: &str) -> Self {
-        self.key_prefix = prefix.to_owned();
+        self.settings.key_prefix = prefix.to_owned();
         self
     }
 
     /// Bound on every Redis call, including the first connect (default 200 ms). A call that takes
-    /// longer fails with [`tokenwarden_core::Error::CacheTimeout`] and counts as a failure.
+    /// longer fails (a cache with [`tokenwarden_core::Error::CacheTimeout`], a store with
+    /// [`tokenwarden_core::Error::Store`]) and counts as a failure.
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
-        self.op_timeout = timeout;
+        self.settings.op_timeout = timeout;
         self
     }
 
@@ -80,20 +114,14 @@ impl RedisTokenCacheBuilder {
     /// immediately for `cool_down` (default 5 s); then one call probes Redis (reconnecting first
     /// if the outage left a broken connection behind) and its success closes the breaker again.
     pub fn breaker(mut self, failures: u32, cool_down: Duration) -> Self {
-        self.breaker_failures = failures;
-        self.breaker_cool_down = cool_down;
+        self.settings.breaker_failures = failures;
+        self.settings.breaker_cool_down = cool_down;
         self
     }
 
     /// Encrypts values at rest (off by default). See [`Encryption`].
     pub fn encryption(mut self, encryption: Encryption) -> Self {
-        self.encryption = Some(encryption);
-        self
-    }
-
-    /// The clock that decides TTLs and freshness (default [`SystemClock`]).
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.settings.encryption = Some(encryption);
         self
     }
 
@@ -101,7 +129,7 @@ impl RedisTokenCacheBuilder {
     /// as for a Redis whose certificate comes from a private CA.
     #[cfg(feature = "tls-rustls")]
     pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.tls.get_or_insert_with(empty_tls).root_cert = Some(pem.into());
+        self.settings.tls.get_or_insert_with(empty_tls).root_cert = Some(pem.into());
         self
     }
 
@@ -112,10 +140,18 @@ impl RedisTokenCacheBuilder {
         cert_pem: impl Into<Vec<u8>>,
         key_pem: impl Into<Vec<u8>>,
     ) -> Self {
-        self.tls.get_or_insert_with(empty_tls).client_tls = Some(redis::ClientTlsConfig {
+        self.settings.tls.get_or_insert_with(empty_tls).client_tls = Some(redis::ClientTlsConfig {
             client_cert: cert_pem.into(),
             client_key: key_pem.into(),
         });
+        self
+    }
+}
+
+impl RedisBuilder<RedisTokenCache> {
+    /// The clock that decides TTLs and freshness (default [`SystemClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
         self
     }
 
@@ -124,6 +160,49 @@ impl RedisTokenCacheBuilder {
     ///
     /// Fails on a URL that does not parse and on out-of-range options.
     pub fn build(self) -> Result<RedisTokenCache, Error> {
+        let connection = self.settings.connect(Tier::TokenCache)?;
+        Ok(RedisTokenCache::new(connection, self.clock))
+    }
+}
+
+impl RedisBuilder<RedisUserTokenStore> {
+    /// How long a user's record stays in Redis after it was last written (default
+    /// [`DEFAULT_USER_RECORD_TTL`], 30 days; at most [`MAX_USER_RECORD_TTL`]). Every write
+    /// (sign-in, rotation) starts it again, so only users who stay away that long lose their
+    /// record and sign in again; a record whose access token has no expiry gets it too.
+    ///
+    /// Choose it at least as long as the refresh tokens' idle (sliding) lifetime at your
+    /// authorization server: a record that outlives its refresh token only costs memory, one
+    /// that goes before it signs the user out early.
+    pub fn record_ttl(mut self, ttl: Duration) -> Self {
+        self.record_ttl = ttl;
+        self
+    }
+
+    /// Builds the store. This does not connect: the connection is made on first use (bounded by
+    /// the operation timeout).
+    ///
+    /// Fails on a URL that does not parse and on out-of-range options.
+    pub fn build(self) -> Result<RedisUserTokenStore, Error> {
+        if self.record_ttl < Duration::from_millis(1) {
+            return Err(Error::Config(
+                "record_ttl must be at least one millisecond".into(),
+            ));
+        }
+        if self.record_ttl > MAX_USER_RECORD_TTL {
+            return Err(Error::Config(format!(
+                "record_ttl of {:?} is too long: at most {MAX_USER_RECORD_TTL:?}",
+                self.record_ttl
+            )));
+        }
+        let connection = self.settings.connect(Tier::UserStore)?;
+        Ok(RedisUserTokenStore::new(connection, self.record_ttl))
+    }
+}
+
+impl Settings {
+    /// Checks the settings and makes the (not yet connected) connection.
+    fn connect(self, tier: Tier) -> Result<Connection, Error> {
         if self.op_timeout.is_zero() {
             return Err(Error::Config("op_timeout must be greater than zero".into()));
         }
@@ -161,16 +240,35 @@ impl RedisTokenCacheBuilder {
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_min_delay(RECONNECT_MIN_DELAY)
             .set_max_delay(RECONNECT_MAX_DELAY);
-        Ok(RedisTokenCache::from_inner(Inner::new(
+        Ok(Connection::new(
             client,
             manager_config,
             endpoint,
             self.key_prefix,
             self.op_timeout,
-            CircuitBreaker::new(self.breaker_failures, self.breaker_cool_down),
+            CircuitBreaker::new(tier, self.breaker_failures, self.breaker_cool_down),
             self.encryption,
-            self.clock,
-        )))
+        ))
+    }
+
+    /// The fields both builders' `Debug` show: never the password or TLS key material.
+    fn debug_fields(&self, debug: &mut fmt::DebugStruct<'_, '_>) {
+        debug
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("op_timeout", &self.op_timeout)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cool_down", &self.breaker_cool_down)
+            .field("encryption", &self.encryption);
+        // Whether TLS material is set, never the material (a client key is a secret).
+        #[cfg(feature = "tls-rustls")]
+        debug.field(
+            "tls",
+            &self
+                .tls
+                .as_ref()
+                .map(|t| (t.root_cert.is_some(), t.client_tls.is_some())),
+        );
     }
 }
 
@@ -182,27 +280,19 @@ fn empty_tls() -> redis::TlsCertificates {
     }
 }
 
-impl fmt::Debug for RedisTokenCacheBuilder {
+impl fmt::Debug for RedisBuilder<RedisTokenCache> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut debug = f.debug_struct("RedisTokenCacheBuilder");
-        debug
-            .field("url", &redact_url(&self.url))
-            .field("key_prefix", &self.key_prefix)
-            .field("op_timeout", &self.op_timeout)
-            .field("breaker_failures", &self.breaker_failures)
-            .field("breaker_cool_down", &self.breaker_cool_down)
-            .field("encryption", &self.encryption)
-            .field("clock", &self.clock);
-        // Whether TLS material is set, never the material (a client key is a secret).
-        #[cfg(feature = "tls-rustls")]
-        debug.field(
-            "tls",
-            &self
-                .tls
-                .as_ref()
-                .map(|t| (t.root_cert.is_some(), t.client_tls.is_some())),
-        );
-        debug.finish()
+        self.settings.debug_fields(&mut debug);
+        debug.field("clock", &self.clock).finish()
+    }
+}
+
+impl fmt::Debug for RedisBuilder<RedisUserTokenStore> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut debug = f.debug_struct("RedisUserTokenStoreBuilder");
+        self.settings.debug_fields(&mut debug);
+        debug.field("record_ttl", &self.record_ttl).finish()
     }
 }
 
@@ -263,6 +353,44 @@ mod tests {
         ] {
             assert!(matches!(too_long.build(), Err(Error::Config(_))));
         }
+    }
+
+    #[test]
+    fn the_user_store_builder_checks_its_record_ttl_and_hides_the_password() {
+        let b = RedisUserTokenStoreBuilder::new("redis://:hunter2@127.0.0.1:1")
+            .record_ttl(Duration::from_secs(60));
+        let shown = format!("{b:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.starts_with("RedisUserTokenStoreBuilder"), "{shown}");
+        assert!(shown.contains("record_ttl: 60s"), "{shown}");
+        let store = b.build().unwrap();
+        assert_eq!(store.record_ttl(), Duration::from_secs(60));
+        assert!(!format!("{store:?}").contains("hunter2"));
+
+        for bad in [
+            Duration::ZERO,
+            Duration::from_micros(999),
+            MAX_USER_RECORD_TTL * 2,
+        ] {
+            let built = RedisUserTokenStoreBuilder::new("redis://h")
+                .record_ttl(bad)
+                .build();
+            assert!(matches!(built, Err(Error::Config(_))), "{bad:?}");
+        }
+        // The shared settings are checked for the store too.
+        let zero = RedisUserTokenStoreBuilder::new("redis://h")
+            .op_timeout(Duration::ZERO)
+            .build();
+        assert!(matches!(zero, Err(Error::Config(_))));
+        let bad_url = RedisUserTokenStoreBuilder::new("http://x").build();
+        assert!(matches!(bad_url, Err(Error::Url(_))));
+        assert_eq!(
+            RedisUserTokenStoreBuilder::new("redis://h")
+                .build()
+                .unwrap()
+                .record_ttl(),
+            DEFAULT_USER_RECORD_TTL
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The stored form of a cached token.
+//! The stored forms of a cached token and of a user's tokens.
 //!
-//! A Redis value is `<fingerprint>|<payload>`:
+//! A token cache value is `<fingerprint>|<payload>`:
 //! - `fingerprint`: the lower-case hex SHA-256 of the token value (64 characters). It lets the
 //!   compare-and-delete script check which token an entry holds without reading the payload, which
 //!   may be encrypted. Its first 8 digits equal [`Secret::fingerprint`](tokenwarden_core::Secret::fingerprint),
@@ -8,14 +8,18 @@
 //!   nothing usable.
 //! - `payload`: the JSON envelope below, or that JSON sealed by [`Encryption`](crate::Encryption).
 //!
-//! The JSON envelope is versioned (`"v":1`); a reader that does not know the version treats the
-//! entry as a miss. Times are milliseconds since the Unix epoch, rounded down.
+//! A user token record is a hash (see [`RedisUserTokenStore`](crate::RedisUserTokenStore)) whose
+//! field `v` holds the user envelope below, as JSON or sealed, and whose field `rt` holds the
+//! [`fingerprint`] of the refresh token, for the same reason.
+//!
+//! Both JSON envelopes are versioned (`"v":1`); a reader that does not know the version treats the
+//! value as absent. Times are milliseconds since the Unix epoch, rounded down.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokenwarden_core::{AccessToken, CachedToken, TokenType};
+use tokenwarden_core::{AccessToken, CachedToken, Secret, TokenType, UserTokens};
 
 /// The envelope version this crate writes and reads.
 pub(crate) const VERSION: u32 = 1;
@@ -36,6 +40,24 @@ struct EnvelopeV1<'a> {
     token_expires_at_ms: Option<u64>,
     expires_at_ms: u64,
     renew_at_ms: u64,
+}
+
+/// A user's tokens: the access token as in [`EnvelopeV1`] without the cache's own times, and the
+/// refresh token.
+#[derive(Serialize, Deserialize)]
+struct UserEnvelopeV1<'a> {
+    v: u32,
+    access_token: std::borrow::Cow<'a, str>,
+    token_type: std::borrow::Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_expires_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<std::borrow::Cow<'a, str>>,
+    /// When the access token is due for a refresh; records written before it existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    renew_at_ms: Option<u64>,
 }
 
 /// Only the version, read first so a newer envelope is recognised as such, not as corrupt.
@@ -135,6 +157,47 @@ pub(crate) fn decode(json: &[u8]) -> Result<CachedToken, DecodeError> {
     ))
 }
 
+/// The JSON envelope of a user's tokens.
+pub(crate) fn encode_user(tokens: &UserTokens) -> Result<Vec<u8>, serde_json::Error> {
+    let access = tokens.access_token();
+    serde_json::to_vec(&UserEnvelopeV1 {
+        v: VERSION,
+        access_token: access.expose_secret().into(),
+        token_type: access.token_type().as_str().into(),
+        scope: access.scope().map(Into::into),
+        token_expires_at_ms: access.expires_at().map(to_millis),
+        refresh_token: tokens.refresh_token().map(|r| r.expose_secret().into()),
+        renew_at_ms: tokens.renew_at().map(to_millis),
+    })
+}
+
+/// Reads a user envelope.
+pub(crate) fn decode_user(json: &[u8]) -> Result<UserTokens, DecodeError> {
+    let VersionOnly { v } = serde_json::from_slice(json).map_err(|_| DecodeError::Corrupt)?;
+    if v != VERSION {
+        return Err(DecodeError::UnknownVersion(v));
+    }
+    let envelope: UserEnvelopeV1<'_> =
+        serde_json::from_slice(json).map_err(|_| DecodeError::Corrupt)?;
+    let mut token = AccessToken::new(
+        envelope.access_token.into_owned(),
+        TokenType::parse(&envelope.token_type),
+    )
+    .map_err(|_| DecodeError::InvalidToken)?;
+    if let Some(scope) = envelope.scope {
+        token = token.with_scope(scope.as_ref());
+    }
+    if let Some(ms) = envelope.token_expires_at_ms {
+        token = token.with_expires_at(from_millis(ms));
+    }
+    let refresh_token = envelope.refresh_token.map(|r| Secret::new(r.into_owned()));
+    let tokens = UserTokens::new(token, refresh_token);
+    Ok(match envelope.renew_at_ms {
+        Some(ms) => tokens.with_renew_at(from_millis(ms)),
+        None => tokens,
+    })
+}
+
 fn to_millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -184,6 +247,48 @@ mod tests {
         assert_eq!(decode(b"{\"v\":1}"), Err(DecodeError::Corrupt));
         let bad = br#"{"v":1,"access_token":"a b","token_type":"Bearer","expires_at_ms":1,"renew_at_ms":1}"#;
         assert_eq!(decode(bad), Err(DecodeError::InvalidToken));
+    }
+
+    fn user_sample() -> UserTokens {
+        let t0 = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let token = AccessToken::new("abc.def", TokenType::Bearer)
+            .unwrap()
+            .with_scope("openid profile")
+            .with_expires_at(t0 + Duration::from_secs(3600));
+        UserTokens::new(token, Some(Secret::new("rt-1")))
+            .with_renew_at(t0 + Duration::from_secs(3540))
+    }
+
+    #[test]
+    fn a_user_envelope_roundtrip_keeps_every_field() {
+        let tokens = user_sample();
+        assert_eq!(decode_user(&encode_user(&tokens).unwrap()).unwrap(), tokens);
+        let bare = UserTokens::new(AccessToken::new("x", TokenType::Bearer).unwrap(), None);
+        assert_eq!(decode_user(&encode_user(&bare).unwrap()).unwrap(), bare);
+    }
+
+    #[test]
+    fn the_user_envelope_format_is_stable() {
+        let json = String::from_utf8(encode_user(&user_sample()).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"v":1,"access_token":"abc.def","token_type":"Bearer","scope":"openid profile","token_expires_at_ms":1700003600123,"refresh_token":"rt-1","renew_at_ms":1700003540123}"#
+        );
+        let bare = r#"{"v":1,"access_token":"x","token_type":"Bearer"}"#;
+        let tokens = decode_user(bare.as_bytes()).unwrap();
+        assert_eq!(tokens.access_token().expires_at(), None);
+        assert_eq!(tokens.refresh_token(), None);
+    }
+
+    #[test]
+    fn unusable_user_envelopes_are_rejected() {
+        assert_eq!(
+            decode_user(b"{\"v\":2}").err(),
+            Some(DecodeError::UnknownVersion(2))
+        );
+        assert_eq!(decode_user(b"\x00\x01").err(), Some(DecodeError::Corrupt));
+        let bad = br#"{"v":1,"access_token":"a\nb","token_type":"Bearer"}"#;
+        assert_eq!(decode_user(bad).err(), Some(DecodeError::InvalidToken));
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! Errors of building a [`RedisTokenCache`](crate::RedisTokenCache).
+//! Errors of building a [`RedisTokenCache`](crate::RedisTokenCache) or a
+//! [`RedisUserTokenStore`](crate::RedisUserTokenStore).
 
-/// Why a [`RedisTokenCache`](crate::RedisTokenCache) could not be built.
+/// Why a [`RedisTokenCache`](crate::RedisTokenCache) or a
+/// [`RedisUserTokenStore`](crate::RedisUserTokenStore) could not be built.
 ///
-/// Cache operations themselves return [`tokenwarden_core::Error`] (`Cache` or `CacheTimeout`),
-/// which the token manager treats as a miss.
+/// Their operations return [`tokenwarden_core::Error`] instead: the cache `Cache` or
+/// `CacheTimeout`, which the token manager treats as a miss; the store `Store`, which reaches the
+/// caller.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -11,6 +14,6 @@ pub enum Error {
     #[error("invalid redis url")]
     Url(#[source] redis::RedisError),
     /// An option is out of range (an empty or duplicate encryption key id, a zero timeout).
-    #[error("invalid redis cache configuration: {0}")]
+    #[error("invalid redis configuration: {0}")]
     Config(String),
 }

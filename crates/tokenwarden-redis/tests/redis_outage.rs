@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{eventually, key, now_ms, server, token};
+use common::{Warnings, eventually, key, now_ms, server, token};
 use tokenwarden_core::{Error, TokenCache};
 use tokenwarden_redis::RedisTokenCache;
 
@@ -16,7 +14,7 @@ const OP_TIMEOUT: Duration = Duration::from_millis(200);
 
 #[tokio::test]
 async fn killed_redis_fails_fast_then_recovers_after_restart() {
-    let warnings = WarnCounter::install();
+    let warnings = Warnings::install();
     let mut server = server().await;
     let cache = RedisTokenCache::builder(&server.url())
         .op_timeout(OP_TIMEOUT)
@@ -153,50 +151,6 @@ async fn the_cache_builds_and_answers_while_redis_is_down() {
     let started = Instant::now();
     assert!(cache.get(&key("down")).await.is_err());
     assert!(started.elapsed() <= OP_TIMEOUT + Duration::from_millis(100));
-}
-
-/// Counts `WARN` events from this crate on the current thread (tokio tests run on one thread).
-#[derive(Clone)]
-struct WarnCounter(Arc<AtomicUsize>);
-
-impl WarnCounter {
-    fn install() -> WarnCounterGuard {
-        let counter = WarnCounter(Arc::new(AtomicUsize::new(0)));
-        let guard = tracing::subscriber::set_default(counter.clone());
-        WarnCounterGuard {
-            counter,
-            _guard: guard,
-        }
-    }
-}
-
-struct WarnCounterGuard {
-    counter: WarnCounter,
-    _guard: tracing::subscriber::DefaultGuard,
-}
-
-impl WarnCounterGuard {
-    fn count(&self) -> usize {
-        self.counter.0.load(Ordering::SeqCst)
-    }
-}
-
-impl tracing::Subscriber for WarnCounter {
-    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
-        metadata.target().starts_with("tokenwarden_redis")
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        if *event.metadata().level() == tracing::Level::WARN {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 #[cfg(feature = "tls-rustls")]

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use tokenwarden_core::{AccessToken, CacheKey, CachedToken, TokenCache, TokenType};
-use tokenwarden_redis::RedisTokenCache;
+use tokenwarden_core::{
+    AccessToken, CacheKey, CachedToken, Secret, TokenCache, TokenType, UserTokenStore, UserTokens,
+};
+use tokenwarden_redis::{RedisTokenCache, RedisUserTokenStore};
 use tokenwarden_testkit::RedisServer;
 
 struct Pki {
@@ -119,6 +121,34 @@ async fn rediss_with_a_private_ca_works_when_the_ca_is_trusted() {
 
     // With only the public roots the server's certificate is not trusted: an error, not a hang.
     let untrusted = RedisTokenCache::builder(&url)
+        .op_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    assert!(untrusted.get(&key).await.is_err());
+}
+
+#[tokio::test]
+async fn a_user_token_store_takes_the_same_tls_settings() {
+    let pki = pki();
+    let (_server, tls_port) = tls_server(&pki).await;
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let key = CacheKey::builder("web")
+        .hashed_part("user", "alice")
+        .build();
+    let tokens = UserTokens::new(
+        AccessToken::new("at_over_tls", TokenType::Bearer).unwrap(),
+        Some(Secret::new("rt_over_tls")),
+    );
+
+    let trusted = RedisUserTokenStore::builder(&url)
+        .op_timeout(Duration::from_secs(2))
+        .tls_root_certificates(pki.ca_pem.as_bytes())
+        .build()
+        .unwrap();
+    trusted.put(&key, &tokens).await.unwrap();
+    assert_eq!(trusted.get(&key).await.unwrap(), Some(tokens));
+
+    let untrusted = RedisUserTokenStore::builder(&url)
         .op_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
