@@ -9,10 +9,11 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{CLIENT, SECRET, server};
-use tokenwarden::redis::RedisTokenCache;
+use tokenwarden::redis::{RedisTokenCache, RedisUserTokenStore};
 use tokenwarden::{
-    AccessTokenLayer, CacheKey, ClientConfig, ClientCredentials, ManualClock, TokenCache,
-    TokenManager,
+    AccessToken, AccessTokenLayer, CacheKey, ClientConfig, ClientCredentials, ManualClock,
+    RefreshTokens, Secret, TokenCache, TokenManager, TokenType, UserKey, UserTokenStore,
+    UserTokens,
 };
 use tokenwarden_testkit::{RedisServer, TestServer};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -179,8 +180,71 @@ async fn a_burst_of_401s_across_two_replicas_costs_one_renewal() {
     all(&mut replicas, "quit").await;
 }
 
+/// Two replicas serve one signed-in user whose access token has expired: the lease in the Redis
+/// user token store lets one of them refresh, and the other reads the rotated tokens. Neither
+/// sends the old refresh token a second time, so the server sees no reuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_refresh_one_users_tokens_once() {
+    let redis = RedisServer::start()
+        .await
+        .expect("redis-server runs (scripts/test.sh installs it)");
+    let server = TestServer::builder()
+        .client(CLIENT, SECRET)
+        .user("alice", "alice-password")
+        .delay(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    // The app signed alice in; by now her access token has expired.
+    let signed_in = server.sign_in(CLIENT, "alice");
+    let expired = AccessToken::new(signed_in.access_token.as_str(), TokenType::Bearer)
+        .unwrap()
+        .with_expires_at(SystemTime::now() - Duration::from_secs(1));
+    let store = RedisUserTokenStore::builder(&redis.url()).build().unwrap();
+    user_manager(&server.token_endpoint(), store, ManualClock::starting_now())
+        .sign_in(
+            "web",
+            &UserKey::new("alice"),
+            UserTokens::new(expired, Some(Secret::new(signed_in.refresh_token.as_str()))),
+        )
+        .await
+        .unwrap();
+
+    let mut replicas = replicas(2, &redis, &server).await;
+    let tokens = all(&mut replicas, "user alice").await;
+    assert!(tokens[0].starts_with("token "), "{tokens:?}");
+    assert_eq!(tokens[0], tokens[1], "both replicas send alice's new token");
+    assert_eq!(
+        server.refresh_requests(CLIENT),
+        1,
+        "one refresh for two replicas"
+    );
+    assert_eq!(
+        server.reuse_detections(),
+        0,
+        "no refresh token was sent twice"
+    );
+    all(&mut replicas, "quit").await;
+}
+
+/// A manager with the user client `web` of the test server's client, its users' tokens in
+/// `store`.
+fn user_manager(endpoint: &str, store: RedisUserTokenStore, clock: ManualClock) -> TokenManager {
+    let config = ClientConfig::builder(endpoint, CLIENT)
+        .client_secret(SECRET)
+        .build()
+        .unwrap();
+    TokenManager::builder()
+        .user_client("web", RefreshTokens::new(config))
+        .user_token_store(store)
+        .clock(clock)
+        .build()
+        .unwrap()
+}
+
 /// The replica: a token manager with the Redis tier and a layer over a hyper-util client,
-/// driven by lines on stdin. Does nothing unless started by the tests above.
+/// and a second one for users' tokens in a Redis user token store, driven by lines on stdin.
+/// Does nothing unless started by the tests above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "started as a separate OS process by the replica tests"]
 async fn replica_process() {
@@ -219,8 +283,14 @@ async fn replica_process() {
     let client = tower::ServiceBuilder::new()
         .layer(layer)
         .service(common::http_client());
+    let store = RedisUserTokenStore::builder(&redis_url).build().unwrap();
+    let users = user_manager(&endpoint, store.clone(), clock.clone());
     // Connected to Redis before saying ready, so the cold start races for the token only.
     cache
+        .get(&CacheKey::builder("connect").build())
+        .await
+        .unwrap();
+    store
         .get(&CacheKey::builder("connect").build())
         .await
         .unwrap();
@@ -234,6 +304,12 @@ async fn replica_process() {
                 Ok(token) => println!("{PREFIX}token {}", token.secret().fingerprint()),
                 Err(error) => println!("{PREFIX}error {error}"),
             },
+            (Some("user"), Some(user)) => {
+                match users.user_token("web", &UserKey::new(user)).await {
+                    Ok(token) => println!("{PREFIX}token {}", token.secret().fingerprint()),
+                    Err(error) => println!("{PREFIX}error {error}"),
+                }
+            }
             (Some("advance"), Some(secs)) => {
                 clock.advance(Duration::from_secs(secs.parse().unwrap()));
                 println!("{PREFIX}advanced");

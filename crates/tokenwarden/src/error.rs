@@ -37,6 +37,50 @@ pub enum Error {
         /// The deadline that passed.
         timeout: Duration,
     },
+    /// The user must sign in again: nothing is stored for them, or the server refused their
+    /// refresh token (`invalid_grant`: expired by an absolute or sliding lifetime, revoked,
+    /// reused); their stored tokens were removed. An app answers this by starting a new sign-in
+    /// (or, for an API, with a 401 of its own).
+    #[error("the user must sign in again for client `{client}`: {reason}")]
+    ReauthenticationRequired {
+        /// The client's name.
+        client: Arc<str>,
+        /// Why.
+        reason: &'static str,
+        /// The server's answer, when it refused the refresh token.
+        #[source]
+        source: Option<Arc<tokenwarden_oauth::Error>>,
+    },
+    /// The user token store failed: the user's tokens are unknown, not gone.
+    #[error("the user token store failed for client `{client}`")]
+    Store {
+        /// The client's name.
+        client: Arc<str>,
+        /// The store's error.
+        #[source]
+        source: Arc<tokenwarden_core::Error>,
+    },
+    /// A request through the layer of a user client carries no [`UserKey`](crate::UserKey) in its
+    /// extensions: it is not sent (it would go without a token, or with another user's).
+    #[error("a request for the user client `{client}` carries no UserKey in its extensions")]
+    NoUserKey {
+        /// The client's name.
+        client: Arc<str>,
+    },
+    /// Revoking a user's token at sign-out failed; the stored tokens were removed all the same,
+    /// but the server may still accept the token until it expires.
+    #[error(
+        "revoking the user's {hint} for client `{client}` failed; the stored tokens were removed"
+    )]
+    Revocation {
+        /// The client's name.
+        client: Arc<str>,
+        /// Which token: `refresh_token` or `access_token`.
+        hint: &'static str,
+        /// The cause.
+        #[source]
+        source: Arc<tokenwarden_oauth::Error>,
+    },
     /// Tokens are obtained on a Tokio runtime (with its time driver), and none runs on this
     /// thread.
     #[error("a token was needed outside a Tokio runtime; run the request on one")]
@@ -52,7 +96,11 @@ impl Error {
         match self {
             Error::UnknownClient { client }
             | Error::Token { client, .. }
-            | Error::Timeout { client, .. } => Some(client),
+            | Error::Timeout { client, .. }
+            | Error::ReauthenticationRequired { client, .. }
+            | Error::Store { client, .. }
+            | Error::NoUserKey { client }
+            | Error::Revocation { client, .. } => Some(client),
             Error::NoRuntime | Error::Config(_) => None,
         }
     }
@@ -60,9 +108,15 @@ impl Error {
     /// The protocol error, when the token request itself failed.
     pub fn oauth_error(&self) -> Option<&tokenwarden_oauth::Error> {
         match self {
-            Error::Token { source, .. } => Some(source),
+            Error::Token { source, .. } | Error::Revocation { source, .. } => Some(source),
+            Error::ReauthenticationRequired { source, .. } => source.as_deref(),
             _ => None,
         }
+    }
+
+    /// Whether the user must sign in again ([`Error::ReauthenticationRequired`]).
+    pub fn is_reauthentication_required(&self) -> bool {
+        matches!(self, Error::ReauthenticationRequired { .. })
     }
 
     /// Whether trying again later may succeed (server errors, transport failures, timeouts).

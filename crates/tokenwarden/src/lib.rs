@@ -11,16 +11,16 @@ pub use error::Error;
 pub use layer::{
     AccessTokenLayer, AccessTokenLayerBuilder, AccessTokenService, Buffered, NoReplay, ReplayPolicy,
 };
-pub use manager::{Metrics, RetryPolicy, TokenManager, TokenManagerBuilder};
+pub use manager::{Metrics, RetryPolicy, Revoke, TokenManager, TokenManagerBuilder};
 
 pub use tokenwarden_core::{
     AccessToken, CacheKey, CachedToken, Clock, Lease, ManualClock, Secret, SystemClock, TokenCache,
-    TokenParams, TokenType,
+    TokenParams, TokenType, UserKey, UserTokenStore, UserTokens,
 };
-pub use tokenwarden_memory::MemoryTokenCache;
+pub use tokenwarden_memory::{MemoryTokenCache, MemoryUserTokenStore};
 pub use tokenwarden_oauth::{
     ClientAuth, ClientConfig, ClientCredentials, ExtensionGrant, Grant, HttpsClient, OAuthClient,
-    https_client,
+    RefreshTokens, TokenTypeHint, https_client,
 };
 
 /// The crates tokenwarden is made of, for what the facade does not re-export.

@@ -55,6 +55,10 @@ pin_project! {
         Rejected {
             rejected: Box<Rejected<S, B>>,
         },
+        // Not sent: the request cannot get a token (no user key for a user client).
+        Failed {
+            error: Option<BoxError>,
+        },
         // The replay; its answer, a second 401 included, goes back as it is.
         Replaying {
             #[pin]
@@ -152,6 +156,7 @@ where
             State::Sent { watch: None, .. } => "sent without a token",
             State::Sent { .. } => "sent",
             State::Rejected { .. } => "rejected",
+            State::Failed { .. } => "failed",
             State::Replaying { .. } => "replaying",
         };
         f.debug_struct("ResponseFuture")
@@ -181,6 +186,13 @@ where
                 future,
                 watch: Some(watch),
             },
+        }
+    }
+
+    /// A request that is not sent: its future answers `error`.
+    pub(crate) fn failed(error: BoxError) -> Self {
+        ResponseFuture {
+            state: State::Failed { error: Some(error) },
         }
     }
 
@@ -236,6 +248,9 @@ where
                     }
                     Err(error) => return Poll::Ready(Err(error)),
                 },
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().unwrap_or_else(polled_after_completion)));
+                }
                 StateProj::Replaying { future, probation } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     if response.status() != StatusCode::UNAUTHORIZED

@@ -5,14 +5,14 @@ use std::task::{Context, Poll};
 
 use http::header::{AUTHORIZATION, Entry as HeaderEntry};
 use http::{Extensions, Request, Response};
-use tokenwarden_core::{BoxError, TokenParams};
+use tokenwarden_core::{BoxError, TokenParams, UserKey};
 use tower_service::Service;
 
 use super::future::{Prepare, ResponseFuture, Token, Watch};
 use super::origin::{Origins, Refused, describe};
 use super::replay::{Buffered, CopyBuffers, Kept, ReplayPolicy, RequestCopy};
-use crate::TokenManager;
-use crate::manager::{NamedClient, TokenView};
+use crate::manager::{NamedClient, Slot, TokenView};
+use crate::{Error, TokenManager};
 
 /// A layer's configuration: read by every request, written never.
 pub(crate) struct Config {
@@ -136,9 +136,9 @@ impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for AccessTokenService<S, P> {
 }
 
 /// Which token a request asks for, besides the layer's client: what it carries in its
-/// extensions, put there by the caller or the app's own middleware. Today a [`TokenParams`]
-/// (scope, resource, audience, extra parameters, force renewal); `None` asks for the client's
-/// configured token.
+/// extensions, put there by the caller or the app's own middleware. A [`TokenParams`] (scope,
+/// resource, audience, extra parameters, force renewal; `None` asks for the client's configured
+/// token), and for a user client the [`UserKey`] of the user it acts for (read in `call`).
 fn wanted(extensions: &Extensions) -> Option<&TokenParams> {
     extensions
         .get::<TokenParams>()
@@ -165,16 +165,34 @@ where
             not_allowed(&refused, &request);
             return ResponseFuture::passthrough(self.inner.call(request));
         }
-        let cached = match wanted(request.extensions()) {
-            None => {
-                config
-                    .manager
-                    .cached(&config.client, &config.client.default_slot, &mut self.token)
-            }
-            Some(_) => None,
+        let params = wanted(request.extensions());
+        let (slot, cached) = if config.client.is_user_client() {
+            // A user's token, or nothing: never the client's own, never another user's.
+            let Some(user) = request.extensions().get::<UserKey>() else {
+                let error = Error::NoUserKey {
+                    client: config.client.name.clone(),
+                };
+                return ResponseFuture::failed(error.into());
+            };
+            let slot = config.manager.user_slot(&config.client, user);
+            let cached = match params {
+                Some(params) if params.is_force_renewal() => None,
+                _ => config.manager.cached_in(&config.client, &slot),
+            };
+            (Some(slot), cached)
+        } else {
+            let cached = match params {
+                None => config.manager.cached(
+                    &config.client,
+                    &config.client.default_slot,
+                    &mut self.token,
+                ),
+                Some(_) => None,
+            };
+            (None, cached)
         };
         let Some(token) = cached else {
-            return self.call_slow(request);
+            return self.call_slow(request, slot);
         };
         // The copy is made before the token goes on the request: the token's bytes are shared
         // by every request on every core, and a copy that cloned them would write their count.
@@ -186,7 +204,7 @@ where
                 Some(Box::new(RequestCopy::of(&request, body, buffers)))
             }
             kept @ Kept::Buffering(_) => {
-                let token = Token::Ready { slot: None, token };
+                let token = Token::Ready { slot, token };
                 return self.prepare(request, token, kept);
             }
         };
@@ -201,7 +219,7 @@ where
         }
         let watch = Watch {
             shared: self.shared.clone(),
-            slot: None,
+            slot,
             id: token.id,
             on_probation: token.on_probation,
             copy,
@@ -227,7 +245,11 @@ where
     /// body to be read.
     #[cold]
     #[inline(never)]
-    fn call_slow<B, ResBody>(&mut self, mut request: Request<B>) -> ResponseFuture<S, B>
+    fn call_slow<B, ResBody>(
+        &mut self,
+        mut request: Request<B>,
+        slot: Option<Arc<Slot>>,
+    ) -> ResponseFuture<S, B>
     where
         S: Service<Request<B>, Response = Response<ResBody>>,
         P: ReplayPolicy<B>,
@@ -238,7 +260,7 @@ where
         let config = self.shared.config.clone();
         let params = wanted(request.extensions()).cloned().unwrap_or_default();
         let token = Token::Pending(Box::pin(async move {
-            let slot = config.manager.slot_for(&config.client, &params);
+            let slot = slot.unwrap_or_else(|| config.manager.slot_for(&config.client, &params));
             let entry = config
                 .manager
                 .entry(&config.client, &slot, params.is_force_renewal())

@@ -11,6 +11,7 @@ mod shared;
 mod slot;
 mod source;
 mod time;
+mod users;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,8 +20,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
-use tokenwarden_core::{AccessToken, CacheKey, CachedToken, Clock, TokenCache, TokenParams};
-use tokenwarden_oauth::{Grant, OAuthClient};
+use tokenwarden_core::{
+    AccessToken, CacheKey, CachedToken, Clock, TokenCache, TokenParams, UserKey, UserTokenStore,
+    UserTokens,
+};
+use tokenwarden_oauth::{Grant, OAuthClient, RefreshTokens, TokenTypeHint};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -32,6 +36,7 @@ use shared::{Found, SharedTier};
 use slot::{Freshness, Rejection};
 use source::Source;
 use time::TimeSource;
+use users::{UserFailure, UserStore};
 
 use crate::Error;
 
@@ -73,6 +78,7 @@ struct Inner {
     clients: HashMap<Arc<str>, Arc<NamedClient>>,
     oauth: OAuthClient,
     shared: Option<SharedTier>,
+    users: UserStore,
     time: TimeSource,
     timing: Timing,
     retry: RetryPolicy,
@@ -111,7 +117,17 @@ pub(crate) struct NamedClient {
     pub(crate) name: Arc<str>,
     source: Source,
     grant: Arc<str>,
+    /// The slot of the client's configured token (unused by a user client).
     pub(crate) default_slot: Arc<Slot>,
+    /// A user client's slots, one per user seen lately.
+    users: Mutex<HashMap<UserKey, Arc<Slot>>>,
+}
+
+impl NamedClient {
+    /// Whether its tokens are signed-in users', so a request needs a [`UserKey`].
+    pub(crate) fn is_user_client(&self) -> bool {
+        self.source.is_users()
+    }
 }
 
 #[derive(Default)]
@@ -121,6 +137,16 @@ struct Counters {
     background_renewals: AtomicU64,
     invalidations: AtomicU64,
     replays: AtomicU64,
+}
+
+/// What [`TokenManager::sign_out`] revokes at the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Revoke {
+    /// The refresh token (servers revoke the access tokens issued from it with it).
+    RefreshToken,
+    /// The refresh token, and the access token on its own request.
+    RefreshAndAccessToken,
 }
 
 /// Why a token is acquired rather than taken from the slot.
@@ -211,6 +237,7 @@ pub struct TokenManagerBuilder {
     clients: Vec<(String, Result<Source, tokenwarden_oauth::Error>)>,
     oauth: Option<OAuthClient>,
     shared: Option<Arc<dyn TokenCache>>,
+    user_store: Option<Arc<dyn UserTokenStore>>,
     time: TimeSource,
     renew_before: Duration,
     expiry_skew: Duration,
@@ -246,6 +273,24 @@ impl TokenManagerBuilder {
     /// [`ExtensionGrant`](crate::ExtensionGrant), or your own [`Grant`]).
     pub fn client(mut self, name: &str, grant: impl Grant) -> Self {
         self.clients.push((name.to_owned(), Source::grant(grant)));
+        self
+    }
+
+    /// Registers a client that acts for signed-in users under `name`: each user's tokens are
+    /// stored at sign-in ([`TokenManager::sign_in`]), and the access token is refreshed with the
+    /// user's refresh token when it expires or is due. Requests through its layer carry the
+    /// user's [`UserKey`] in their extensions.
+    pub fn user_client(mut self, name: &str, refresh: RefreshTokens) -> Self {
+        self.clients.push((name.to_owned(), Source::users(refresh)));
+        self
+    }
+
+    /// Where users' tokens are kept (default: a [`MemoryUserTokenStore`] for this process;
+    /// replicas share one, such as Redis).
+    ///
+    /// [`MemoryUserTokenStore`]: tokenwarden_memory::MemoryUserTokenStore
+    pub fn user_token_store(mut self, store: impl UserTokenStore) -> Self {
+        self.user_store = Some(Arc::new(store));
         self
     }
 
@@ -387,6 +432,7 @@ impl TokenManagerBuilder {
                 grant: source.grant_type().into(),
                 source,
                 default_slot: Arc::new(Slot::new(key, params)),
+                users: Mutex::new(HashMap::new()),
             });
             if clients.insert(name.clone(), client).is_some() {
                 return Err(Error::Config(format!(
@@ -394,6 +440,13 @@ impl TokenManagerBuilder {
                 )));
             }
         }
+        let users = UserStore {
+            store: self
+                .user_store
+                .unwrap_or_else(|| Arc::new(tokenwarden_memory::MemoryUserTokenStore::default())),
+            lease_ttl: self.lease_ttl.max(self.acquire_timeout),
+            lease_wait: self.lease_wait,
+        };
         let shared = self.shared.map(|cache| SharedTier {
             cache,
             timeout: self.cache_timeout,
@@ -407,6 +460,7 @@ impl TokenManagerBuilder {
                 clients,
                 oauth,
                 shared,
+                users,
                 time: self.time,
                 timing: Timing {
                     renew_before: self.renew_before,
@@ -447,6 +501,7 @@ impl TokenManager {
             clients: Vec::new(),
             oauth: None,
             shared: None,
+            user_store: None,
             time: TimeSource::System,
             renew_before: Duration::from_secs(60),
             expiry_skew: Duration::from_secs(5),
@@ -511,6 +566,15 @@ impl TokenManager {
             .cache_key(&self.inner.namespace, &client.name, params))
     }
 
+    /// The key `user`'s tokens for the user client `client` are stored under (the user key only
+    /// as a SHA-256 digest), for inspecting a user token store.
+    pub fn user_key(&self, client: &str, user: &UserKey) -> Result<CacheKey, Error> {
+        let client = self.user_client(client)?;
+        Ok(client
+            .source
+            .user_key(&self.inner.namespace, &client.name, user))
+    }
+
     /// Drops every token held in this process's memory (not the shared cache): the next call
     /// goes to the shared cache or the token endpoint.
     pub fn purge_local(&self) {
@@ -535,6 +599,169 @@ impl TokenManager {
     /// The names of the registered clients.
     pub fn client_names(&self) -> impl Iterator<Item = &str> {
         self.inner.clients.keys().map(|n| &**n)
+    }
+
+    /// Stores what a user's sign-in returned for the user client `client`, replacing whatever
+    /// was stored for that user and client (seed 004: one record, nothing accumulates). The
+    /// access token should carry its expiry ([`AccessToken::with_expires_at`]).
+    pub async fn sign_in(
+        &self,
+        client: &str,
+        user: &UserKey,
+        tokens: UserTokens,
+    ) -> Result<(), Error> {
+        let client = self.user_client(client)?;
+        let slot = self.user_slot(&client, user);
+        // Signed in just now: the token's lifetime is what is left of it, and its renewal point
+        // follows from that for every replica that reads it.
+        let tokens = match (tokens.renew_at(), tokens.access_token().expires_at()) {
+            (None, Some(_)) => {
+                let renew_at = self.stored_user_token(&client, &tokens).renew_at();
+                tokens.with_renew_at(renew_at)
+            }
+            _ => tokens,
+        };
+        self.inner
+            .users
+            .store
+            .put(&slot.key, &tokens)
+            .await
+            .map_err(|source| Error::Store {
+                client: client.name.clone(),
+                source: Arc::new(source),
+            })?;
+        // Whatever this process held for the user belongs to the previous sign-in.
+        slot.clear();
+        tracing::debug!(client = %client.name, user = %user.fingerprint(), "user signed in");
+        Ok(())
+    }
+
+    /// A valid access token of `user` for the user client `client`: the stored one, refreshed
+    /// with the user's refresh token when it has expired or is due (one refresh per user and
+    /// client, across replicas sharing the store). [`Error::ReauthenticationRequired`] when the
+    /// user must sign in again.
+    pub async fn user_token(&self, client: &str, user: &UserKey) -> Result<AccessToken, Error> {
+        self.user_token_with(client, user, &TokenParams::new())
+            .await
+    }
+
+    /// [`user_token`](Self::user_token) with per-request parameters: only
+    /// [`force_renewal`](TokenParams::force_renewal) is taken (a user's tokens are the ones
+    /// they consented to).
+    pub async fn user_token_with(
+        &self,
+        client: &str,
+        user: &UserKey,
+        params: &TokenParams,
+    ) -> Result<AccessToken, Error> {
+        let client = self.user_client(client)?;
+        let slot = self.user_slot(&client, user);
+        let entry = self
+            .entry(&client, &slot, params.is_force_renewal())
+            .await?;
+        Ok(entry.cached.token().clone())
+    }
+
+    /// Signs `user` out of the user client `client`: revokes their refresh token at the
+    /// server (RFC 7009, `token_type_hint=refresh_token`; servers revoke its access tokens with
+    /// it) and, with `revoke` [`Revoke::RefreshAndAccessToken`], the access token too, then
+    /// removes the stored tokens. The tokens are removed even when a revocation fails; that
+    /// failure is the error returned ([`Error::Revocation`]).
+    pub async fn sign_out(
+        &self,
+        client: &str,
+        user: &UserKey,
+        revoke: Revoke,
+    ) -> Result<(), Error> {
+        let client = self.user_client(client)?;
+        let slot = self.user_slot(&client, user);
+        let store_error = |source| Error::Store {
+            client: client.name.clone(),
+            source: Arc::new(source),
+        };
+        let stored = self
+            .inner
+            .users
+            .store
+            .get(&slot.key)
+            .await
+            .map_err(store_error)?;
+        let mut failed = None;
+        if let Some(tokens) = &stored {
+            let mut revocations = Vec::new();
+            if let Some(refresh) = tokens.refresh_token() {
+                revocations.push((refresh.clone(), TokenTypeHint::RefreshToken));
+            }
+            if revoke == Revoke::RefreshAndAccessToken || tokens.refresh_token().is_none() {
+                revocations.push((
+                    tokens.access_token().secret().clone(),
+                    TokenTypeHint::AccessToken,
+                ));
+            }
+            for (token, hint) in revocations {
+                if let Err(error) = self
+                    .inner
+                    .oauth
+                    .revoke(client.source.config(), &token, hint)
+                    .await
+                {
+                    tracing::warn!(client = %client.name, hint = hint.as_str(), error = %crate::error::Chain(&error), "revoking a user's token failed");
+                    failed.get_or_insert(Error::Revocation {
+                        client: client.name.clone(),
+                        hint: hint.as_str(),
+                        source: Arc::new(error),
+                    });
+                }
+            }
+        }
+        self.inner
+            .users
+            .store
+            .remove(&slot.key)
+            .await
+            .map_err(store_error)?;
+        slot.clear();
+        lock(&client.users).remove(user);
+        tracing::debug!(client = %client.name, user = %user.fingerprint(), "user signed out");
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// The registered user client `name`.
+    fn user_client(&self, name: &str) -> Result<Arc<NamedClient>, Error> {
+        let client = self.client(name)?;
+        if !client.is_user_client() {
+            return Err(Error::Config(format!(
+                "client `{name}` gets its own tokens; users' tokens need a client registered with user_client"
+            )));
+        }
+        Ok(client)
+    }
+
+    /// The slot of `user`'s access token for the user client `client`.
+    pub(crate) fn user_slot(&self, client: &NamedClient, user: &UserKey) -> Arc<Slot> {
+        let mut slots = lock(&client.users);
+        if let Some(slot) = slots.get(user) {
+            return slot.clone();
+        }
+        if slots.len() >= self.inner.max_cached_tokens.max(1) {
+            // Users seen lately stay; the others' tokens are still in the store.
+            let now = self.now();
+            slots.retain(|_, slot| Arc::strong_count(slot) > 1 || !slot.is_idle(now));
+            if slots.len() >= self.inner.max_cached_tokens.max(1)
+                && let Some(first_due) = slots
+                    .iter()
+                    .min_by_key(|(_, slot)| slot.renew_at())
+                    .map(|(user, _)| user.clone())
+            {
+                slots.remove(&first_due);
+            }
+        }
+        let key = client
+            .source
+            .user_key(&self.inner.namespace, &client.name, user);
+        let slot = Arc::new(Slot::new(key, TokenParams::new()));
+        slots.insert(user.clone(), slot.clone());
+        slot
     }
 
     pub(crate) fn client(&self, name: &str) -> Result<Arc<NamedClient>, Error> {
@@ -574,6 +801,23 @@ impl TokenManager {
                 self.renew_in_background(client, slot);
                 return Some(entry);
             }
+            Freshness::Unusable => return None,
+        }
+        Some(Sendable::of(entry))
+    }
+
+    /// [`cached`](Self::cached) for a slot read without a view of its own (a user's).
+    #[inline]
+    pub(crate) fn cached_in(
+        &self,
+        client: &Arc<NamedClient>,
+        slot: &Arc<Slot>,
+    ) -> Option<Sendable> {
+        let current = slot.load();
+        let entry = current.as_ref()?;
+        match entry.freshness_coarse(self.inner.time.coarse_nanos()) {
+            Freshness::Fresh => {}
+            Freshness::Due => self.renew_in_background(client, slot),
             Freshness::Unusable => return None,
         }
         Some(Sendable::of(entry))
@@ -722,7 +966,8 @@ impl TokenManager {
         result
     }
 
-    /// The fetch of one attempt: through the shared tier, if there is one.
+    /// The fetch of one attempt: a user's tokens from the user store (and a refresh), or the
+    /// client's through the shared tier, if there is one.
     async fn fetch(
         &self,
         client: &NamedClient,
@@ -732,6 +977,11 @@ impl TokenManager {
         deadline: Instant,
         progress: &Progress,
     ) -> Result<Entry, Error> {
+        if client.source.is_users() {
+            return self
+                .fetch_user(client, slot, force, previous, deadline, progress)
+                .await;
+        }
         let Some(shared) = &self.inner.shared else {
             return self
                 .fetch_from_source(client, slot, deadline, progress)
@@ -782,6 +1032,146 @@ impl TokenManager {
         deadline: Instant,
         progress: &Progress,
     ) -> Result<Entry, Error> {
+        let result = self
+            .request(client, slot, None, deadline, progress)
+            .await
+            .and_then(|(response, sent_at)| {
+                let cached = self.inner.timing.cached_token(
+                    response,
+                    sent_at,
+                    client.source.default_lifetime(),
+                );
+                self.entry_of(cached).map_err(Stop::Failed)
+            });
+        match result {
+            Ok(entry) => {
+                tracing::debug!(client = %client.name, token = %entry.cached.token().secret().fingerprint(), "token obtained");
+                Ok(entry)
+            }
+            Err(stop) => Err(self.request_failed(client, stop)),
+        }
+    }
+
+    /// A user's token: the stored access token if it will do, else a refresh with the stored
+    /// refresh token (one per user and client, across replicas), rotated in the store.
+    async fn fetch_user(
+        &self,
+        client: &NamedClient,
+        slot: &Slot,
+        force: bool,
+        previous: Option<Arc<Entry>>,
+        deadline: Instant,
+        progress: &Progress,
+    ) -> Result<Entry, Error> {
+        let rejected = slot.rejected();
+        let accept = |tokens: &UserTokens| -> Option<Entry> {
+            let token = tokens.access_token();
+            let secret = token.secret();
+            let refused = rejected.as_deref() == Some(secret)
+                || (force
+                    && previous
+                        .as_ref()
+                        .is_some_and(|p| p.cached.token().secret() == secret));
+            if refused {
+                return None;
+            }
+            let cached = self.stored_user_token(client, tokens);
+            if !cached.is_fresh(self.now()) {
+                return None;
+            }
+            match self.entry_of(cached) {
+                Ok(entry) => Some(entry),
+                Err(error) => {
+                    tracing::warn!(client = %client.name, %error, "ignored an unusable stored access token");
+                    None
+                }
+            }
+        };
+        let refresh = |stored: UserTokens| async move {
+            progress.reached(Tier::Endpoint);
+            let result = self
+                .request(client, slot, stored.refresh_token(), deadline, progress)
+                .await;
+            match result {
+                Ok((response, sent_at)) => {
+                    let rotated = response.refresh_token().cloned();
+                    let cached = self.inner.timing.cached_token(
+                        response,
+                        sent_at,
+                        client.source.default_lifetime(),
+                    );
+                    let tokens = stored
+                        .refreshed(cached.token().clone(), rotated.clone())
+                        .with_renew_at(cached.renew_at());
+                    tracing::debug!(
+                        client = %client.name,
+                        token = %cached.token().secret().fingerprint(),
+                        rotated = rotated.is_some(),
+                        "user token refreshed"
+                    );
+                    let entry = self
+                        .entry_of(cached)
+                        .map_err(|e| UserFailure::Refresh(Stop::Failed(e)))?;
+                    Ok((tokens, entry))
+                }
+                Err(Stop::Failed(error)) if is_invalid_grant(&error) => {
+                    Err(UserFailure::Refused(error))
+                }
+                Err(stop) => Err(UserFailure::Refresh(stop)),
+            }
+        };
+        match self
+            .inner
+            .users
+            .get_or_refresh(&slot.key, force, deadline, accept, refresh)
+            .await
+        {
+            Ok((entry, refreshed)) => {
+                if !refreshed {
+                    progress.reached(Tier::Shared);
+                }
+                Ok(entry)
+            }
+            Err(failure) => {
+                // Tokens of a user who must sign in again are not sent either: the server
+                // revoked them with the refresh token, or the user signed out elsewhere.
+                if matches!(failure, UserFailure::Refused(_) | UserFailure::NotSignedIn) {
+                    slot.clear();
+                }
+                Err(self.user_failed(client, failure))
+            }
+        }
+    }
+
+    /// How a stored access token is cached here: due at the renewal point stored with it; a
+    /// token stored without one (by the app itself) is renewed ahead of its expiry by
+    /// `min(renew_before, what is left / 2)`, and a token without an expiry is taken to live the
+    /// client's default lifetime from now.
+    fn stored_user_token(&self, client: &NamedClient, tokens: &UserTokens) -> CachedToken {
+        let token = tokens.access_token();
+        let now = self.now();
+        let expires_at = token.expires_at().unwrap_or_else(|| {
+            now.checked_add(client.source.default_lifetime())
+                .unwrap_or(now)
+        });
+        let renew_at = tokens.renew_at().unwrap_or_else(|| {
+            let left = expires_at.duration_since(now).unwrap_or_default();
+            expires_at
+                .checked_sub(self.inner.timing.renew_before.min(left / 2))
+                .unwrap_or(now)
+        });
+        CachedToken::new(token.clone(), expires_at, renew_at)
+    }
+
+    /// One token request (with `refresh_token`, a refresh), retried within `deadline`, counted.
+    async fn request(
+        &self,
+        client: &NamedClient,
+        slot: &Slot,
+        refresh_token: Option<&tokenwarden_core::Secret>,
+        deadline: Instant,
+        progress: &Progress,
+    ) -> Result<(tokenwarden_oauth::TokenResponse, SystemTime), Stop> {
         progress.reached(Tier::Endpoint);
         let sending = || {
             progress.attempts.fetch_add(1, Ordering::Relaxed);
@@ -798,41 +1188,31 @@ impl TokenManager {
                 crate::metrics::outcome(result),
             );
         };
-        let fetched = renewal::fetch(
+        renewal::fetch(
             &client.source,
             &self.inner.oauth,
             &slot.params,
+            refresh_token,
             &self.inner.retry,
             deadline,
             sending,
             answered,
         )
-        .await;
-        let result = match fetched {
-            Ok((response, sent_at)) => {
-                let cached = self.inner.timing.cached_token(
-                    response,
-                    sent_at,
-                    client.source.default_lifetime(),
-                );
-                self.entry_of(cached).map_err(Stop::Failed)
-            }
-            Err(stop) => Err(stop),
-        };
-        match result {
-            Ok(entry) => {
-                tracing::debug!(client = %client.name, token = %entry.cached.token().secret().fingerprint(), "token obtained");
-                Ok(entry)
-            }
-            Err(Stop::Deadline) => {
+        .await
+    }
+
+    /// The error for a token request that failed, said once at warning level.
+    fn request_failed(&self, client: &NamedClient, stop: Stop) -> Error {
+        match stop {
+            Stop::Deadline => {
                 crate::metrics::token_request(&client.name, &client.grant, "timeout");
-                Err(Error::Timeout {
+                Error::Timeout {
                     client: client.name.clone(),
                     grant: client.grant.clone(),
                     timeout: self.inner.acquire_timeout,
-                })
+                }
             }
-            Err(Stop::Failed(error)) => {
+            Stop::Failed(error) => {
                 // Error messages hold no secrets: see `tokenwarden_oauth::Error`.
                 tracing::warn!(
                     client = %client.name,
@@ -841,12 +1221,41 @@ impl TokenManager {
                     error = %crate::error::Chain(&error),
                     "token request failed"
                 );
-                Err(Error::Token {
+                Error::Token {
                     client: client.name.clone(),
                     grant: client.grant.clone(),
                     source: Arc::new(error),
-                })
+                }
             }
+        }
+    }
+
+    fn user_failed(&self, client: &NamedClient, failure: UserFailure) -> Error {
+        let reauthenticate = |reason: &'static str, source: Option<tokenwarden_oauth::Error>| {
+            tracing::info!(client = %client.name, reason, "the user must sign in again");
+            Error::ReauthenticationRequired {
+                client: client.name.clone(),
+                reason,
+                source: source.map(Arc::new),
+            }
+        };
+        match failure {
+            UserFailure::Store(source) => {
+                tracing::warn!(client = %client.name, error = %crate::error::Chain(&source), "the user token store failed");
+                Error::Store {
+                    client: client.name.clone(),
+                    source: Arc::new(source),
+                }
+            }
+            UserFailure::NotSignedIn => reauthenticate("no tokens are stored for the user", None),
+            UserFailure::NoRefreshToken => reauthenticate(
+                "the access token can no longer be used and there is no refresh token",
+                None,
+            ),
+            UserFailure::Refused(error) => {
+                reauthenticate("the server refused the refresh token", Some(error))
+            }
+            UserFailure::Refresh(stop) => self.request_failed(client, stop),
         }
     }
 
@@ -922,11 +1331,22 @@ impl TokenManager {
             .invalidations
             .fetch_add(1, Ordering::Relaxed);
         crate::metrics::invalidation(&client.name);
+        // A user's tokens are not in the shared tier; the rejected token is remembered in the
+        // slot, so the next fetch refreshes instead of taking it back from the store.
+        if client.source.is_users() {
+            return;
+        }
         tracing::debug!(key = %slot.key, token = %entry.cached.token().secret().fingerprint(), "invalidated a rejected token");
         if let Some(shared) = &self.inner.shared {
             shared.remove_if(&slot.key, entry.cached.token()).await;
         }
     }
+}
+
+/// RFC 6749 §5.2 `invalid_grant`: the refresh token is expired, revoked, reused or another
+/// client's; only signing in again helps.
+fn is_invalid_grant(error: &tokenwarden_oauth::Error) -> bool {
+    matches!(error, tokenwarden_oauth::Error::TokenEndpoint { error, .. } if error == "invalid_grant")
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

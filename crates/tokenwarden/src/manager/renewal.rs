@@ -4,7 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use tokenwarden_core::{CachedToken, TokenParams};
+use http::StatusCode;
+use tokenwarden_core::{CachedToken, Secret, TokenParams};
 use tokenwarden_oauth::{OAuthClient, TokenResponse};
 use tokio::time::Instant;
 
@@ -126,6 +127,21 @@ impl Timing {
     }
 }
 
+/// Whether a failed request certainly did not reach the token endpoint's logic: then a refresh
+/// may be sent again. A refresh that may have arrived (a timeout, a connection closed before the
+/// answer, a 500) is not repeated: a one-time refresh token sent twice is reuse, and the server
+/// revokes the user's whole token family.
+fn never_reached_the_server(error: &tokenwarden_oauth::Error) -> bool {
+    use tokenwarden_oauth::{Error as E, TransportKind as K};
+    match error {
+        E::TokenEndpoint { status, .. } | E::UnexpectedStatus { status, .. } => {
+            *status == StatusCode::TOO_MANY_REQUESTS || *status == StatusCode::SERVICE_UNAVAILABLE
+        }
+        E::Transport { kind, .. } => matches!(kind, K::ConnectionRefused | K::Dns | K::Tls),
+        _ => false,
+    }
+}
+
 /// Why [`fetch`] gave up.
 pub(crate) enum Stop {
     /// The last attempt's error.
@@ -138,10 +154,12 @@ pub(crate) enum Stop {
 /// `deadline`: a request cut short by the deadline fails with a timeout, and no backoff or
 /// `Retry-After` wait is begun that would end past it. `sending` is called before each request
 /// and returns the time it is sent at; `answered` after each.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn fetch(
     source: &Source,
     oauth: &OAuthClient,
     params: &TokenParams,
+    refresh_token: Option<&Secret>,
     retry: &RetryPolicy,
     deadline: Instant,
     mut sending: impl FnMut() -> SystemTime,
@@ -150,7 +168,7 @@ pub(crate) async fn fetch(
     let mut retries = 0;
     loop {
         let sent_at = sending();
-        let request = source.request(oauth, params);
+        let request = source.request(oauth, params, refresh_token);
         let error = match tokio::time::timeout_at(deadline, request).await {
             Ok(Ok(response)) => {
                 answered(Ok(()));
@@ -160,7 +178,11 @@ pub(crate) async fn fetch(
             Err(_elapsed) => return Err(Stop::Deadline),
         };
         answered(Err(&error));
-        if !error.is_retryable() || retries >= retry.max_retries {
+        let may_repeat = match refresh_token {
+            None => error.is_retryable(),
+            Some(_) => never_reached_the_server(&error),
+        };
+        if !may_repeat || retries >= retry.max_retries {
             return Err(Stop::Failed(error));
         }
         let delay = retry.delay(retries, &error);
@@ -180,7 +202,6 @@ pub(crate) async fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::StatusCode;
     use tokenwarden_core::{AccessToken, TokenType};
 
     fn timing() -> Timing {

@@ -184,6 +184,12 @@ impl Slot {
         }
     }
 
+    /// The current token, read without locks or writes to shared memory.
+    #[inline]
+    pub(crate) fn load(&self) -> arc_swap::Guard<Option<Arc<Entry>>> {
+        self.current.load()
+    }
+
     /// A view of the current token for a reader that reads it often.
     pub(crate) fn view(self: &Arc<Self>) -> TokenView {
         arc_swap::Cache::new(CurrentToken(self.clone()))
