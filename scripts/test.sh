@@ -35,9 +35,33 @@ need_cargo_deny() {
   }
 }
 
+# The interop tests (tests/interop.rs) run oidc-provider with Node, pinned by
+# tests/interop/package-lock.json. In CI (CI=true) a missing dependency fails, never skips.
+need_interop() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    if [ "${CI:-}" = true ]; then
+      echo "test.sh: node and npm are required by the interop tests (tests/interop.rs) and are not installed; install Node.js 18 or later" >&2
+      exit 1
+    fi
+    echo "test.sh: WARNING: node/npm not found: the interop tests against oidc-provider will be SKIPPED (under CI=true they fail)" >&2
+    return 0
+  fi
+  node --version
+  [ -d tests/interop/node_modules ] && return 0
+  echo "test.sh: installing the interop server's packages (npm ci --prefix tests/interop)" >&2
+  if ! npm ci --prefix tests/interop --no-audit --no-fund >&2; then
+    if [ "${CI:-}" = true ]; then
+      echo "test.sh: the interop server's packages could not be installed (npm ci --prefix tests/interop)" >&2
+      exit 1
+    fi
+    echo "test.sh: WARNING: the interop server's packages could not be installed: the interop tests will be SKIPPED (under CI=true they fail)" >&2
+  fi
+}
+
 need_redis
 redis-server --version
 need_cargo_deny
+need_interop
 
 # The dependency policy in deny.toml: bans, licenses and sources. The fourth check,
 # advisories, fetches the RustSec database from GitHub, which CI machines here cannot reach;

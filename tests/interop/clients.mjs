@@ -1,0 +1,48 @@
+// The clients registered at the interop authorization server, all confidential.
+// tests/interop.rs holds the same ids and secrets; change both together.
+
+import * as signIn from './grants/sign-in.mjs';
+
+export const clients = [
+  {
+    // Client credentials with HTTP Basic. The secret has characters that the form-encoding
+    // before Base64 (RFC 6749 §2.3.1) changes, so a client that skips it is refused.
+    client_id: 'billing-basic',
+    client_secret: 'basic s3cret: with+plus/slash%percent',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'api:read api:write reports:read',
+  },
+  {
+    // Client credentials with the secret in the form.
+    client_id: 'billing-post',
+    client_secret: 'post-s3cret+&=',
+    token_endpoint_auth_method: 'client_secret_post',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'api:read api:write reports:read',
+  },
+  {
+    // A web app acting for signed-in users: the test sign-in grant stands in for its
+    // authorization-code flow; it refreshes users' tokens and revokes them at sign-out.
+    client_id: 'web',
+    client_secret: 'web-s3cret',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['refresh_token', signIn.grantType],
+    response_types: [],
+    redirect_uris: [],
+  },
+  {
+    // A resource server checking tokens at the introspection endpoint (RFC 7662); it is
+    // issued no tokens itself.
+    client_id: 'introspector',
+    client_secret: 'introspector-s3cret',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: [],
+    response_types: [],
+    redirect_uris: [],
+  },
+];
