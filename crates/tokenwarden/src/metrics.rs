@@ -4,15 +4,22 @@
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
-//! | `tokenwarden_token_requests_total` | counter | `client`, `grant`, `outcome` | requests sent to token endpoints, every retry included; `outcome`: `ok`, `oauth_error`, `status`, `transport`, `timeout`, `invalid_response`, `config` |
-//! | `tokenwarden_token_acquisitions_total` | counter | `client`, `tier`, `reason` | tokens obtained because the cached one would not do; `tier` where the token came from: `memory` (another caller's request, or a token that became fresh meanwhile), `shared` (the shared tier), `endpoint`, or `failed`; `reason`: `missing`, `expired`, `due` (background renewal), `forced`, `rejected` (after a 401) |
+//! | `tokenwarden_token_requests_total` | counter | `client`, `grant`, `outcome` | requests sent to token endpoints, every retry included, users' refreshes too (`grant` `refresh_token`); `outcome`: `ok`, `oauth_error`, `status`, `transport`, `timeout`, `invalid_response` (also a failed discovery), `config` |
+//! | `tokenwarden_token_acquisitions_total` | counter | `client`, `tier`, `reason` | tokens obtained because the cached one would not do; `tier` where the token came from: `memory` (another caller's request, or a token that became fresh meanwhile), `shared` (the shared tier; for a user client, the user token store), `endpoint` (for a user client, a refresh), or `failed`; `reason`: `missing`, `expired`, `due` (background renewal), `forced`, `rejected` (after a 401) |
 //! | `tokenwarden_token_acquisition_seconds` | histogram | `client`, `tier` | how long each of those took, waits and retries included |
 //! | `tokenwarden_invalidations_total` | counter | `client` | cached tokens dropped because a resource server rejected them |
 //! | `tokenwarden_replays_total` | counter | `client` | requests the layer replayed with a new token after a 401 |
-//! | `tokenwarden_shared_cache_breaker_open` | gauge | | 1 while the Redis tier's circuit breaker is open (from `tokenwarden-redis` with its feature `metrics`) |
+//! | `tokenwarden_shared_cache_breaker_open` | gauge | | 1 while the Redis token cache's circuit breaker is open (from `tokenwarden-redis` with its feature `metrics`) |
+//! | `tokenwarden_user_store_breaker_open` | gauge | | 1 while the Redis user token store's circuit breaker is open (from `tokenwarden-redis` with its feature `metrics`) |
 //!
 //! A request served from the in-memory tier on the layer's hot path is not counted: a counter
-//! every request wrote would be memory every core writes, which the hot path avoids.
+//! every request wrote would be memory every core writes, which the hot path avoids. Revocations
+//! and discovery requests are not counted.
+//!
+//! Users' tokens also show in `tracing` events: `user token refreshed` at debug level (the
+//! client, the new access token's fingerprint, and whether the refresh token was rotated), and
+//! `the user must sign in again` at info level (the client and the reason), when a user client
+//! answers [`Error::ReauthenticationRequired`](crate::Error::ReauthenticationRequired).
 
 use std::time::Duration;
 
