@@ -10,6 +10,10 @@ pub enum Error {
     /// A token value that cannot be sent in an HTTP header (empty, whitespace, control bytes, non-ASCII).
     #[error("invalid access token: {0}")]
     InvalidToken(&'static str),
+    /// A subject token that cannot be sent (empty, whitespace, control bytes, non-ASCII), or
+    /// credentials that hold none.
+    #[error("invalid subject token: {0}")]
+    InvalidSubjectToken(&'static str),
     /// A cache backend failed; callers treat this as a miss.
     #[error("token cache error: {message}")]
     Cache {

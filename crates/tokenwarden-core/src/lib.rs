@@ -5,7 +5,8 @@
 //! - [`AccessToken`] and [`Secret`]: token values that never show up in `Debug`, `Display` or logs;
 //! - [`CachedToken`]: a token together with the moments it must be renewed and stops being usable;
 //! - [`CacheKey`]: a stable, namespaced key built from the client name and the grant's parameters;
-//! - [`TokenParams`]: per-request parameters (force renewal, scope, resource, extra form fields);
+//! - [`TokenParams`]: per-request parameters (force renewal, scope, resource, extra form fields,
+//!   the [`SubjectToken`] a middle tier acts for);
 //! - [`TokenCache`]: the trait a storage backend implements (memory, Redis, or your own);
 //! - [`UserTokenStore`], [`UserTokens`], [`UserKey`]: signed-in users' tokens (access and refresh),
 //!   kept between requests and replicas;
@@ -77,6 +78,7 @@ mod error;
 mod key;
 mod params;
 mod secret;
+mod subject;
 mod token;
 mod user;
 
@@ -86,5 +88,6 @@ pub use error::{BoxError, Error};
 pub use key::{CacheKey, CacheKeyBuilder};
 pub use params::TokenParams;
 pub use secret::Secret;
+pub use subject::{SubjectToken, token_types};
 pub use token::{AccessToken, CachedToken, TokenType};
 pub use user::{UserKey, UserTokenStore, UserTokens};

@@ -1,8 +1,10 @@
+use crate::SubjectToken;
+
 /// Per-request token parameters, the counterpart of Duende's `TokenRequestParameters`.
 ///
 /// The default asks for the client's configured token. Overriding the scope, the resources, the
-/// audience or adding extra form parameters asks for a different token, cached under its own key;
-/// [`TokenParams::force_renewal`] skips the caches and fetches a new token for the same key.
+/// audience, adding extra form parameters or a subject token asks for a different token, cached
+/// under its own key; [`TokenParams::force_renewal`] skips the caches and fetches a new token for the same key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TokenParams {
     force_renewal: bool,
@@ -10,6 +12,7 @@ pub struct TokenParams {
     resources: Option<Vec<String>>,
     audience: Option<String>,
     extra: Vec<(String, String)>,
+    subject: Option<SubjectToken>,
 }
 
 impl TokenParams {
@@ -55,6 +58,14 @@ impl TokenParams {
         self
     }
 
+    /// The token this request acts for: a token exchange or an extension grant that takes a
+    /// subject token exchanges it for the client's token, cached per subject (under the
+    /// token's SHA-256, never the token).
+    pub fn subject_token(mut self, subject: SubjectToken) -> Self {
+        self.subject = Some(subject);
+        self
+    }
+
     /// The same parameters without [`force_renewal`](Self::force_renewal): what a renewal of the
     /// token they produced asks for.
     pub fn without_force_renewal(&self) -> Self {
@@ -89,9 +100,15 @@ impl TokenParams {
         &self.extra
     }
 
+    /// The subject token, if any.
+    pub fn subject(&self) -> Option<&SubjectToken> {
+        self.subject.as_ref()
+    }
+
     /// Whether these parameters ask for the client's configured token (the key is the client's default).
     pub fn uses_default_key(&self) -> bool {
-        self.scopes.is_none()
+        self.subject.is_none()
+            && self.scopes.is_none()
             && self.resources.is_none()
             && self.audience.is_none()
             && self.extra.is_empty()

@@ -12,6 +12,9 @@ pub enum TokenType {
     Bearer,
     /// `DPoP` (RFC 9449).
     DPoP,
+    /// `N_A` (RFC 8693 §2.2.1): a token exchange issued a token that is not an access token
+    /// (an ID token, a SAML assertion), which cannot be sent in an `Authorization` header.
+    NotApplicable,
     /// Any other type, kept as the server spelled it.
     Other(Arc<str>),
 }
@@ -23,16 +26,20 @@ impl TokenType {
             TokenType::Bearer
         } else if value.eq_ignore_ascii_case("dpop") {
             TokenType::DPoP
+        } else if value == "N_A" {
+            TokenType::NotApplicable
         } else {
             TokenType::Other(value.into())
         }
     }
 
-    /// The authorization scheme to send in the `Authorization` header.
+    /// The authorization scheme to send in the `Authorization` header (`N_A` for
+    /// [`NotApplicable`](Self::NotApplicable), which is none).
     pub fn as_str(&self) -> &str {
         match self {
             TokenType::Bearer => "Bearer",
             TokenType::DPoP => "DPoP",
+            TokenType::NotApplicable => "N_A",
             TokenType::Other(other) => other,
         }
     }
@@ -60,7 +67,7 @@ impl AccessToken {
     /// control byte or a non-ASCII byte is rejected with [`Error::InvalidToken`] rather than sent.
     pub fn new(value: impl Into<String>, token_type: TokenType) -> Result<Self, Error> {
         let value = value.into();
-        validate_token_value(&value)?;
+        check_token_value(&value).map_err(Error::InvalidToken)?;
         Ok(AccessToken {
             value: Secret::new(value),
             token_type,
@@ -112,17 +119,19 @@ impl AccessToken {
     }
 }
 
-fn validate_token_value(value: &str) -> Result<(), Error> {
+/// Why `value` cannot be sent as a token in an HTTP header or a form, if it cannot: empty,
+/// whitespace, control bytes or non-ASCII.
+pub(crate) fn check_token_value(value: &str) -> Result<(), &'static str> {
     if value.is_empty() {
-        return Err(Error::InvalidToken("the token is empty"));
+        return Err("the token is empty");
     }
     if let Some(b) = value.bytes().find(|b| !(0x21..=0x7e).contains(b)) {
-        return Err(Error::InvalidToken(match b {
+        return Err(match b {
             b'\r' | b'\n' => "the token contains a line break",
             b' ' | b'\t' => "the token contains whitespace",
             0x00..=0x1f | 0x7f => "the token contains a control character",
             _ => "the token contains a non-ASCII byte",
-        }));
+        });
     }
     Ok(())
 }

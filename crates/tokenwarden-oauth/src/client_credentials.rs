@@ -52,7 +52,7 @@ impl ClientCredentials {
 
     /// Sets the `audience` parameter some servers use instead of resource indicators.
     pub fn audience(mut self, audience: &str) -> Self {
-        self.target.audience = Some(audience.to_owned());
+        self.target.audiences = vec![audience.to_owned()];
         self
     }
 

@@ -94,6 +94,14 @@ pub enum Error {
         /// The client's id.
         client_id: String,
     },
+    /// A grant that exchanges a subject token (token exchange, an extension grant with a
+    /// subject token parameter) was asked for a token without one
+    /// ([`TokenParams::subject_token`](tokenwarden_core::TokenParams::subject_token)).
+    #[error("the {grant_type} grant needs a subject token, and the request has none")]
+    MissingSubjectToken {
+        /// The grant.
+        grant_type: String,
+    },
     /// The client's configuration or the request's parameters are invalid.
     #[error("invalid client configuration: {0}")]
     Config(String),
@@ -110,7 +118,7 @@ impl Error {
             }
             Error::Transport { .. } | Error::Timeout { .. } => true,
             Error::Discovery { source, .. } => source.as_deref().is_some_and(Error::is_retryable),
-            Error::NoRevocationEndpoint { .. } => false,
+            Error::NoRevocationEndpoint { .. } | Error::MissingSubjectToken { .. } => false,
             Error::InvalidResponse(_)
             | Error::ResponseTooLarge { .. }
             | Error::InvalidToken(_)
@@ -126,6 +134,13 @@ impl Error {
             | Error::UnexpectedStatus { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+
+    /// Whether the server refused the grant itself (`invalid_grant`): an expired or revoked
+    /// refresh token or subject token, a reused refresh token. Asking again with the same input
+    /// cannot succeed.
+    pub fn is_invalid_grant(&self) -> bool {
+        matches!(self, Error::TokenEndpoint { error, .. } if error == "invalid_grant")
     }
 
     pub(crate) fn config(message: impl Into<String>) -> Self {

@@ -26,11 +26,30 @@ use crate::{ClientConfig, Error, Form, Grant};
 /// Parameters are part of the cache key, as SHA-256 digests (a parameter may be a secret, such
 /// as an assertion): two grants that differ in a parameter never share a token. `Debug` shows
 /// parameter names, not values.
+///
+/// A grant that exchanges the caller's token names the form parameter it goes in with
+/// [`subject_token_param`](Self::subject_token_param); each request then needs a
+/// [`SubjectToken`](tokenwarden_core::SubjectToken), as with [`TokenExchange`](crate::TokenExchange).
+/// Seed 001's `grant_type=delegation&token=…&scope=api2` is configuration:
+///
+/// ```
+/// use tokenwarden_oauth::{ClientConfig, ExtensionGrant};
+///
+/// # let idp = ClientConfig::builder("https://idp.example.com/oauth2/token", "api1")
+/// #     .client_secret("s3cr3t")
+/// #     .build()?;
+/// let delegation = ExtensionGrant::new(idp, "delegation")
+///     .subject_token_param("token")
+///     .scope("api2");
+/// # let _ = delegation;
+/// # Ok::<(), tokenwarden_oauth::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct ExtensionGrant {
     client: ClientConfig,
     grant_type: String,
     target: Target,
+    subject_param: Option<String>,
 }
 
 impl ExtensionGrant {
@@ -42,7 +61,15 @@ impl ExtensionGrant {
             client,
             grant_type: grant_type.to_owned(),
             target: Target::default(),
+            subject_param: None,
         }
+    }
+
+    /// Sends each request's subject token ([`TokenParams::subject_token`]) as the form
+    /// parameter `name` (`token` for seed 001's `delegation` grant): the grant then needs one.
+    pub fn subject_token_param(mut self, name: &str) -> Self {
+        self.subject_param = Some(name.to_owned());
+        self
     }
 
     /// Adds a form parameter sent with every request; a second call with the same name replaces
@@ -66,7 +93,7 @@ impl ExtensionGrant {
 
     /// Sets the `audience` parameter.
     pub fn audience(mut self, audience: &str) -> Self {
-        self.target.audience = Some(audience.to_owned());
+        self.target.audiences = vec![audience.to_owned()];
         self
     }
 }
@@ -79,8 +106,9 @@ impl fmt::Debug for ExtensionGrant {
             .field("grant_type", &self.grant_type)
             .field("scopes", &self.target.scopes)
             .field("resources", &self.target.resources)
-            .field("audience", &self.target.audience)
+            .field("audiences", &self.target.audiences)
             .field("params", &names)
+            .field("subject_token_param", &self.subject_param)
             .finish()
     }
 }
@@ -105,20 +133,46 @@ impl Grant for ExtensionGrant {
                 self.grant_type
             )));
         }
-        self.target.validate(&[])
+        match &self.subject_param {
+            Some(name) => {
+                if self.target.params.iter().any(|(n, _)| n == name) {
+                    return Err(Error::config(format!(
+                        "parameter {name:?} is both the subject token and a fixed parameter"
+                    )));
+                }
+                self.target.validate(&[name.as_str()])?;
+                // The subject's parameter may not be one the library sets either.
+                let mut probe = crate::target::Target::default();
+                probe.set_param(name, "");
+                probe.validate(&[])
+            }
+            None => self.target.validate(&[]),
+        }
+    }
+
+    fn needs_subject_token(&self) -> bool {
+        self.subject_param.is_some()
     }
 
     fn form(&self, params: &TokenParams, form: &mut Form) -> Result<(), Error> {
-        self.target.write(params, &[], form)
+        let Some(name) = &self.subject_param else {
+            return self.target.write(params, &[], form);
+        };
+        let subject = params.subject().ok_or_else(|| Error::MissingSubjectToken {
+            grant_type: self.grant_type.clone(),
+        })?;
+        form.push(name, subject.expose_secret());
+        self.target.write(params, &[name.as_str()], form)
     }
 
-    /// The grant type, scope, resources and audience, and every parameter as a digest.
+    /// The grant type, scope, resources and audience, and every parameter as a digest (the
+    /// subject token is added by the manager).
     fn cache_key(&self, params: &TokenParams, key: CacheKeyBuilder) -> CacheKeyBuilder {
-        self.target.cache_key(
-            params,
-            key.part("grant_type", &self.grant_type),
-            ParamsInKey::Hashed,
-        )
+        let mut key = key.part("grant_type", &self.grant_type);
+        if let Some(name) = &self.subject_param {
+            key = key.part("subject_token_param", name);
+        }
+        self.target.cache_key(params, key, ParamsInKey::Hashed)
     }
 }
 
@@ -162,6 +216,44 @@ mod tests {
             !format!("{grant:?}").contains("first-value"),
             "and not printed"
         );
+    }
+
+    #[test]
+    fn a_subject_token_goes_in_its_parameter() {
+        use tokenwarden_core::SubjectToken;
+        let grant = ExtensionGrant::new(idp(), "delegation")
+            .subject_token_param("token")
+            .scope("api2");
+        grant.validate().unwrap();
+        assert!(grant.needs_subject_token());
+        let params =
+            TokenParams::new().subject_token(SubjectToken::access_token("user-token").unwrap());
+        let mut form = Form::default();
+        grant.form(&params, &mut form).unwrap();
+        assert_eq!(form.pairs(), [("token", "user-token"), ("scope", "api2")]);
+        let err = grant
+            .form(&TokenParams::new(), &mut Form::default())
+            .unwrap_err();
+        assert!(matches!(err, Error::MissingSubjectToken { .. }), "{err}");
+        // A request cannot set the subject's parameter another way.
+        assert!(
+            grant
+                .form(
+                    &params.clone().param("token", "other"),
+                    &mut Form::default()
+                )
+                .is_err()
+        );
+        for bad in [
+            ExtensionGrant::new(idp(), "delegation")
+                .subject_token_param("token")
+                .param("token", "fixed"),
+            ExtensionGrant::new(idp(), "delegation").subject_token_param("client_secret"),
+            ExtensionGrant::new(idp(), "delegation").subject_token_param(""),
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert!(!ExtensionGrant::new(idp(), "delegation").needs_subject_token());
     }
 
     #[test]

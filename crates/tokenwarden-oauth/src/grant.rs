@@ -11,8 +11,9 @@ use crate::{ClientConfig, Error, TokenResponse};
 
 /// A way to obtain an access token from a token endpoint (RFC 6749 §4), with its inputs.
 ///
-/// The crate implements [`ClientCredentials`](crate::ClientCredentials) and
-/// [`ExtensionGrant`](crate::ExtensionGrant); implement it for a grant of your own. Client
+/// The crate implements [`ClientCredentials`](crate::ClientCredentials),
+/// [`TokenExchange`](crate::TokenExchange), [`ExtensionGrant`](crate::ExtensionGrant) and
+/// [`RefreshTokenGrant`](crate::RefreshTokenGrant); implement it for a grant of your own. Client
 /// authentication, the HTTP exchange, response parsing and its general checks are the same for
 /// every grant and are done by [`OAuthClient::request_token`](crate::OAuthClient::request_token).
 ///
@@ -56,6 +57,15 @@ pub trait Grant: fmt::Debug + Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether each request must carry a [`SubjectToken`](tokenwarden_core::SubjectToken)
+    /// ([`TokenParams::subject_token`]): the grant exchanges the caller's token for one of its
+    /// own. A manager then refuses a request without one before anything is sent, keys its
+    /// tokens by the subject (as a SHA-256 digest) and never keeps one past the subject's
+    /// expiry. The default is `false`.
+    fn needs_subject_token(&self) -> bool {
+        false
+    }
+
     /// Adds the grant's form parameters (everything but `grant_type` and client
     /// authentication) for a request with these per-request parameters.
     fn form(&self, params: &TokenParams, form: &mut Form) -> Result<(), Error>;
@@ -63,7 +73,8 @@ pub trait Grant: fmt::Debug + Send + Sync + 'static {
     /// Adds to `key` everything that makes this grant's token for `params` differ from another
     /// one of the same client (scopes, resources, audience, parameters; a secret input only as
     /// [`CacheKeyBuilder::hashed_part`]). The client name, client id and token endpoint are
-    /// already in `key`.
+    /// already in `key`; so is the subject token, when a manager keys a grant that
+    /// [needs one](Self::needs_subject_token).
     fn cache_key(&self, params: &TokenParams, key: CacheKeyBuilder) -> CacheKeyBuilder;
 
     /// Checks (and may adjust) a successful response before it is returned; the default returns

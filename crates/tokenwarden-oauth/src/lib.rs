@@ -5,8 +5,9 @@
 //!   (https, unless loopback), client id, [`ClientAuth`] method and secret, and limits.
 //! - A [`Grant`] is what differs between ways of getting a token: its `grant_type`, its form
 //!   parameters, what tells its tokens apart in a cache and its checks of the response.
-//!   [`ClientCredentials`] (RFC 6749 §4.4) and [`ExtensionGrant`] (§4.5, any `grant_type` a
-//!   server defines) are grants; implement the trait for your own.
+//!   [`ClientCredentials`] (RFC 6749 §4.4), [`RefreshTokenGrant`] (§6), [`TokenExchange`]
+//!   (RFC 8693) and [`ExtensionGrant`] (§4.5, any `grant_type` a server defines, with or
+//!   without a subject token) are grants; implement the trait for your own.
 //! - [`OAuthClient::request_token`] sends one token request for any grant, over the default
 //!   hyper + rustls transport ([`OAuthClient::new`]) or any `tower::Service`
 //!   ([`OAuthClient::with_transport`]).
@@ -85,6 +86,7 @@ mod request;
 mod response;
 mod revocation;
 mod target;
+mod token_exchange;
 mod transport;
 
 pub use client::OAuthClient;
@@ -96,5 +98,6 @@ pub use grant::{Form, Grant};
 pub use refresh::{RefreshTokenGrant, RefreshTokens};
 pub use response::{MAX_EXPIRES_IN, TokenResponse};
 pub use revocation::TokenTypeHint;
+pub use token_exchange::TokenExchange;
 pub use tokenwarden_core::BoxError;
 pub use transport::{HttpsClient, https_client};

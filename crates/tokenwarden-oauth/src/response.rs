@@ -23,6 +23,7 @@ pub struct TokenResponse {
     expires_in: Option<Duration>,
     refresh_token: Option<Secret>,
     scope: Option<String>,
+    issued_token_type: Option<String>,
 }
 
 impl TokenResponse {
@@ -58,6 +59,13 @@ impl TokenResponse {
     /// The scope the server granted, when it said (it may differ from the scope asked for).
     pub fn scope(&self) -> Option<&str> {
         self.scope.as_deref()
+    }
+
+    /// The type of the token issued by a token exchange (RFC 8693 §2.2.1 `issued_token_type`,
+    /// e.g. [`token_types::ACCESS_TOKEN`](tokenwarden_core::token_types::ACCESS_TOKEN)), when
+    /// the server said.
+    pub fn issued_token_type(&self) -> Option<&str> {
+        self.issued_token_type.as_deref()
     }
 
     /// Unwraps the access token.
@@ -154,6 +162,7 @@ fn parse_success(map: &Map<String, Value>) -> Result<TokenResponse, Error> {
     let expires_in = parse_expires_in(map.get("expires_in"))?;
     let scope = optional_string(map, "scope")?;
     let refresh_token = optional_string(map, "refresh_token")?.map(Secret::from);
+    let issued_token_type = optional_string(map, "issued_token_type")?;
     let mut access_token = AccessToken::new(value, token_type).map_err(Error::InvalidToken)?;
     if let Some(scope) = &scope {
         access_token = access_token.with_scope(scope.as_str());
@@ -163,6 +172,7 @@ fn parse_success(map: &Map<String, Value>) -> Result<TokenResponse, Error> {
         expires_in,
         refresh_token,
         scope,
+        issued_token_type,
     })
 }
 

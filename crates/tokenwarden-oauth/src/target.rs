@@ -33,7 +33,8 @@ pub(crate) enum ParamsInKey {
 pub(crate) struct Target {
     pub(crate) scopes: Vec<String>,
     pub(crate) resources: Vec<String>,
-    pub(crate) audience: Option<String>,
+    /// `audience` values (RFC 8693 allows several; most grants take one).
+    pub(crate) audiences: Vec<String>,
     pub(crate) params: Vec<(String, String)>,
 }
 
@@ -94,8 +95,13 @@ impl Target {
         for resource in resources {
             form.push("resource", resource);
         }
-        if let Some(audience) = params.audience_override().or(self.audience.as_deref()) {
-            form.push("audience", audience);
+        match params.audience_override() {
+            Some(audience) => form.push("audience", audience),
+            None => {
+                for audience in &self.audiences {
+                    form.push("audience", audience);
+                }
+            }
         }
         let overrides = params.extra_params();
         for (name, _) in overrides {
@@ -122,8 +128,13 @@ impl Target {
         let scopes = params.scopes().unwrap_or(&self.scopes);
         let resources = params.resources().unwrap_or(&self.resources);
         let mut key = key.scopes(scopes).resources(resources);
-        if let Some(audience) = params.audience_override().or(self.audience.as_deref()) {
-            key = key.part("audience", audience);
+        match params.audience_override() {
+            Some(audience) => key = key.part("audience", audience),
+            None => {
+                for audience in &self.audiences {
+                    key = key.part("audience", audience);
+                }
+            }
         }
         let overrides = params.extra_params();
         let configured = self
@@ -197,7 +208,7 @@ mod tests {
         let mut target = Target::default();
         target.add_scope("read write");
         target.resources.push("https://api.example.com/".into());
-        target.audience = Some("api".into());
+        target.audiences = vec!["api".into()];
         target.set_param("tenant", "t1");
         target.set_param("region", "eu");
         target

@@ -67,6 +67,28 @@ pub enum Error {
         /// The client's name.
         client: Arc<str>,
     },
+    /// A request for a client that exchanges its caller's token (token exchange, an extension
+    /// grant with a subject token) carries no [`SubjectToken`](crate::SubjectToken), in its
+    /// extensions or from the layer's function: it is not sent.
+    #[error("a request for client `{client}` carries no subject token to exchange")]
+    NoSubjectToken {
+        /// The client's name.
+        client: Arc<str>,
+    },
+    /// The subject token cannot be exchanged: it expired (by its `exp` claim), or the server
+    /// refused it (`invalid_grant`: expired, revoked, not for this client). The caller's
+    /// credentials are at fault: a middle tier answers its caller 401, as it would for a token
+    /// it rejected itself.
+    #[error("client `{client}` cannot exchange the subject token: {reason}")]
+    SubjectTokenRejected {
+        /// The client's name.
+        client: Arc<str>,
+        /// Why.
+        reason: &'static str,
+        /// The server's answer, when it refused the token.
+        #[source]
+        source: Option<Arc<tokenwarden_oauth::Error>>,
+    },
     /// Revoking a user's token at sign-out failed; the stored tokens were removed all the same,
     /// but the server may still accept the token until it expires.
     #[error(
@@ -100,6 +122,8 @@ impl Error {
             | Error::ReauthenticationRequired { client, .. }
             | Error::Store { client, .. }
             | Error::NoUserKey { client }
+            | Error::NoSubjectToken { client }
+            | Error::SubjectTokenRejected { client, .. }
             | Error::Revocation { client, .. } => Some(client),
             Error::NoRuntime | Error::Config(_) => None,
         }
@@ -109,7 +133,8 @@ impl Error {
     pub fn oauth_error(&self) -> Option<&tokenwarden_oauth::Error> {
         match self {
             Error::Token { source, .. } | Error::Revocation { source, .. } => Some(source),
-            Error::ReauthenticationRequired { source, .. } => source.as_deref(),
+            Error::ReauthenticationRequired { source, .. }
+            | Error::SubjectTokenRejected { source, .. } => source.as_deref(),
             _ => None,
         }
     }
@@ -117,6 +142,12 @@ impl Error {
     /// Whether the user must sign in again ([`Error::ReauthenticationRequired`]).
     pub fn is_reauthentication_required(&self) -> bool {
         matches!(self, Error::ReauthenticationRequired { .. })
+    }
+
+    /// Whether the subject token a request acted for is at fault
+    /// ([`Error::SubjectTokenRejected`]): a middle tier answers its own caller 401.
+    pub fn is_subject_token_rejected(&self) -> bool {
+        matches!(self, Error::SubjectTokenRejected { .. })
     }
 
     /// Whether trying again later may succeed (server errors, transport failures, timeouts).

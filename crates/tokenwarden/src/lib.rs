@@ -14,13 +14,14 @@ pub use layer::{
 pub use manager::{Metrics, RetryPolicy, Revoke, TokenManager, TokenManagerBuilder};
 
 pub use tokenwarden_core::{
-    AccessToken, CacheKey, CachedToken, Clock, Lease, ManualClock, Secret, SystemClock, TokenCache,
-    TokenParams, TokenType, UserKey, UserTokenStore, UserTokens,
+    AccessToken, CacheKey, CachedToken, Clock, Lease, ManualClock, Secret, SubjectToken,
+    SystemClock, TokenCache, TokenParams, TokenType, UserKey, UserTokenStore, UserTokens,
+    token_types,
 };
 pub use tokenwarden_memory::{MemoryTokenCache, MemoryUserTokenStore};
 pub use tokenwarden_oauth::{
     ClientAuth, ClientConfig, ClientCredentials, ExtensionGrant, Grant, HttpsClient, OAuthClient,
-    RefreshTokens, TokenTypeHint, https_client,
+    RefreshTokens, TokenExchange, TokenTypeHint, https_client,
 };
 
 /// The crates tokenwarden is made of, for what the facade does not re-export.

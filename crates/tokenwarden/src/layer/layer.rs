@@ -5,8 +5,8 @@ use tower_layer::Layer;
 
 use super::origin::{Origin, Origins};
 use super::replay::Buffered;
-use super::service::{AccessTokenService, Config};
-use crate::{Error, TokenManager};
+use super::service::{AccessTokenService, Config, SubjectFn};
+use crate::{Error, SubjectToken, TokenManager};
 
 /// A [`Layer`] that attaches tokens of one client to requests for the origins it allows, and
 /// replays a request once after a 401 if its [`ReplayPolicy`](super::ReplayPolicy) `P` kept it.
@@ -37,6 +37,7 @@ impl AccessTokenLayer {
             origins: Vec::new(),
             any_origin: false,
             replay: Buffered::default(),
+            subject_from: None,
         }
     }
 }
@@ -60,9 +61,24 @@ pub struct AccessTokenLayerBuilder<P = Buffered> {
     origins: Vec<String>,
     any_origin: bool,
     replay: P,
+    subject_from: Option<SubjectFn>,
 }
 
 impl<P> AccessTokenLayerBuilder<P> {
+    /// For a client that exchanges a subject token ([`TokenExchange`](crate::TokenExchange), an
+    /// [`ExtensionGrant`](crate::ExtensionGrant) with a subject parameter): where to find the
+    /// subject of a request that carries no [`SubjectToken`](crate::SubjectToken) in its
+    /// extensions, e.g. in a type of the app's own that its middleware inserted, or in a task
+    /// local. A request for which neither gives one fails with
+    /// [`Error::NoSubjectToken`] and is not sent.
+    pub fn subject_token_from<F>(mut self, find: F) -> Self
+    where
+        F: Fn(&http::Extensions) -> Option<SubjectToken> + Send + Sync + 'static,
+    {
+        self.subject_from = Some(SubjectFn(Arc::new(find)));
+        self
+    }
+
     /// Allows sending tokens to `origin` (`https://host[:port]`); call once per origin.
     pub fn allow_origin(mut self, origin: &str) -> Self {
         self.origins.push(origin.to_owned());
@@ -85,12 +101,19 @@ impl<P> AccessTokenLayerBuilder<P> {
             origins: self.origins,
             any_origin: self.any_origin,
             replay: policy,
+            subject_from: self.subject_from,
         }
     }
 
     /// Builds the layer: fails for an unknown client, an invalid origin, or no allowed origin at all.
     pub fn build(self) -> Result<AccessTokenLayer<P>, Error> {
         let client = self.manager.client(&self.client)?;
+        if self.subject_from.is_some() && !client.needs_subject_token() {
+            return Err(Error::Config(format!(
+                "the layer for client `{}` has a subject token function, but the client exchanges no subject token",
+                self.client
+            )));
+        }
         let origins = if self.any_origin {
             Origins::Any
         } else if self.origins.is_empty() {
@@ -111,6 +134,7 @@ impl<P> AccessTokenLayerBuilder<P> {
                 manager: self.manager,
                 client,
                 origins,
+                subject_from: self.subject_from,
             }),
             replay: self.replay,
         })

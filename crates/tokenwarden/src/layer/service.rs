@@ -5,20 +5,58 @@ use std::task::{Context, Poll};
 
 use http::header::{AUTHORIZATION, Entry as HeaderEntry};
 use http::{Extensions, Request, Response};
-use tokenwarden_core::{BoxError, TokenParams, UserKey};
+use tokenwarden_core::{BoxError, SubjectToken, TokenParams, UserKey};
 use tower_service::Service;
 
 use super::future::{Prepare, ResponseFuture, Token, Watch};
 use super::origin::{Origins, Refused, describe};
 use super::replay::{Buffered, CopyBuffers, Kept, ReplayPolicy, RequestCopy};
-use crate::manager::{NamedClient, Slot, TokenView};
+use crate::manager::{ClientKind, NamedClient, Slot, TokenView};
 use crate::{Error, TokenManager};
+
+/// Where a layer finds the subject token of a request that does not carry one in its
+/// extensions.
+type FindSubject = dyn Fn(&Extensions) -> Option<SubjectToken> + Send + Sync;
+
+#[derive(Clone)]
+pub(crate) struct SubjectFn(pub(crate) Arc<FindSubject>);
+
+impl fmt::Debug for SubjectFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SubjectFn")
+    }
+}
 
 /// A layer's configuration: read by every request, written never.
 pub(crate) struct Config {
     pub(crate) manager: TokenManager,
     pub(crate) client: Arc<NamedClient>,
     pub(crate) origins: Origins,
+    pub(crate) subject_from: Option<SubjectFn>,
+}
+
+impl Config {
+    /// The parameters and slot of a request for a client that exchanges a subject token: the
+    /// subject from the request's [`TokenParams`], else its [`SubjectToken`] extension, else
+    /// the layer's function. Without one the request is not sent.
+    fn subject_slot(&self, extensions: &Extensions) -> Result<(Arc<Slot>, bool), Error> {
+        let params = wanted(extensions);
+        let subject = params
+            .and_then(TokenParams::subject)
+            .or_else(|| extensions.get::<SubjectToken>())
+            .cloned()
+            .or_else(|| {
+                self.subject_from
+                    .as_ref()
+                    .and_then(|find| (find.0)(extensions))
+            })
+            .ok_or_else(|| Error::NoSubjectToken {
+                client: self.client.name.clone(),
+            })?;
+        let params = params.cloned().unwrap_or_default().subject_token(subject);
+        let slot = self.manager.slot_for(&self.client, &params);
+        Ok((slot, params.is_force_renewal()))
+    }
 }
 
 /// What a service shares with the response futures of its requests: the layer's configuration
@@ -138,7 +176,8 @@ impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for AccessTokenService<S, P> {
 /// Which token a request asks for, besides the layer's client: what it carries in its
 /// extensions, put there by the caller or the app's own middleware. A [`TokenParams`] (scope,
 /// resource, audience, extra parameters, force renewal; `None` asks for the client's configured
-/// token), and for a user client the [`UserKey`] of the user it acts for (read in `call`).
+/// token); for a user client the [`UserKey`] of the user it acts for, and for a client that
+/// exchanges a subject token the [`SubjectToken`] (both read in `call`).
 fn wanted(extensions: &Extensions) -> Option<&TokenParams> {
     extensions
         .get::<TokenParams>()
@@ -166,30 +205,45 @@ where
             return ResponseFuture::passthrough(self.inner.call(request));
         }
         let params = wanted(request.extensions());
-        let (slot, cached) = if config.client.is_user_client() {
-            // A user's token, or nothing: never the client's own, never another user's.
-            let Some(user) = request.extensions().get::<UserKey>() else {
-                let error = Error::NoUserKey {
-                    client: config.client.name.clone(),
+        let (slot, cached) = match config.client.kind {
+            ClientKind::Own => {
+                let cached = match params {
+                    None => config.manager.cached(
+                        &config.client,
+                        &config.client.default_slot,
+                        &mut self.token,
+                    ),
+                    Some(_) => None,
                 };
-                return ResponseFuture::failed(error.into());
-            };
-            let slot = config.manager.user_slot(&config.client, user);
-            let cached = match params {
-                Some(params) if params.is_force_renewal() => None,
-                _ => config.manager.cached_in(&config.client, &slot),
-            };
-            (Some(slot), cached)
-        } else {
-            let cached = match params {
-                None => config.manager.cached(
-                    &config.client,
-                    &config.client.default_slot,
-                    &mut self.token,
-                ),
-                Some(_) => None,
-            };
-            (None, cached)
+                (None, cached)
+            }
+            ClientKind::Users => {
+                // A user's token, or nothing: never the client's own, never another user's.
+                let Some(user) = request.extensions().get::<UserKey>() else {
+                    let error = Error::NoUserKey {
+                        client: config.client.name.clone(),
+                    };
+                    return ResponseFuture::failed(error.into());
+                };
+                let slot = config.manager.user_slot(&config.client, user);
+                let cached = match params {
+                    Some(params) if params.is_force_renewal() => None,
+                    _ => config.manager.cached_in(&config.client, &slot),
+                };
+                (Some(slot), cached)
+            }
+            ClientKind::Subjects => {
+                // A token for this request's subject, or nothing: never another caller's.
+                let (slot, force) = match config.subject_slot(request.extensions()) {
+                    Ok(found) => found,
+                    Err(error) => return ResponseFuture::failed(error.into()),
+                };
+                let cached = match force {
+                    true => None,
+                    false => config.manager.cached_in(&config.client, &slot),
+                };
+                (Some(slot), cached)
+            }
         };
         let Some(token) = cached else {
             return self.call_slow(request, slot);
@@ -259,6 +313,11 @@ where
         }
         let config = self.shared.config.clone();
         let params = wanted(request.extensions()).cloned().unwrap_or_default();
+        if slot.is_none()
+            && let Err(error) = config.client.check_subject(&params)
+        {
+            return ResponseFuture::failed(error.into());
+        }
         let token = Token::Pending(Box::pin(async move {
             let slot = slot.unwrap_or_else(|| config.manager.slot_for(&config.client, &params));
             let entry = config

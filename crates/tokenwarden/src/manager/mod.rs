@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use tokenwarden_core::{
-    AccessToken, CacheKey, CachedToken, Clock, TokenCache, TokenParams, UserKey, UserTokenStore,
-    UserTokens,
+    AccessToken, CacheKey, CachedToken, Clock, SubjectToken, TokenCache, TokenParams, UserKey,
+    UserTokenStore, UserTokens,
 };
 use tokenwarden_oauth::{Grant, OAuthClient, RefreshTokens, TokenTypeHint};
 use tokio::time::Instant;
@@ -115,6 +115,8 @@ impl Sendable {
 /// A registered client: its name, its source of tokens and the slot of its configured token.
 pub(crate) struct NamedClient {
     pub(crate) name: Arc<str>,
+    /// Whose tokens these are, and so what a request must carry.
+    pub(crate) kind: ClientKind,
     source: Source,
     grant: Arc<str>,
     /// The slot of the client's configured token (unused by a user client).
@@ -123,10 +125,40 @@ pub(crate) struct NamedClient {
     users: Mutex<HashMap<UserKey, Arc<Slot>>>,
 }
 
+/// Whose tokens a client gets, which decides what a request for one must carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ClientKind {
+    /// The client's own (client credentials, an extension grant): nothing.
+    Own,
+    /// Signed-in users': the [`UserKey`] of the user.
+    Users,
+    /// Its callers', by exchanging their tokens: the [`SubjectToken`].
+    Subjects,
+}
+
 impl NamedClient {
     /// Whether its tokens are signed-in users', so a request needs a [`UserKey`].
     pub(crate) fn is_user_client(&self) -> bool {
-        self.source.is_users()
+        self.kind == ClientKind::Users
+    }
+
+    /// Whether it exchanges a subject token, so a request needs a [`SubjectToken`].
+    pub(crate) fn needs_subject_token(&self) -> bool {
+        self.kind == ClientKind::Subjects
+    }
+
+    /// Checks that `params` carry a subject token if and only if the client exchanges one.
+    pub(crate) fn check_subject(&self, params: &TokenParams) -> Result<(), Error> {
+        match (self.needs_subject_token(), params.subject().is_some()) {
+            (true, false) => Err(Error::NoSubjectToken {
+                client: self.name.clone(),
+            }),
+            (false, true) => Err(Error::Config(format!(
+                "client `{}` ({}) exchanges no subject token; the request carries one",
+                self.name, self.grant
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -427,8 +459,16 @@ impl TokenManagerBuilder {
             let params = TokenParams::new();
             let key = source.cache_key(&self.namespace, &name, &params);
             let name: Arc<str> = name.into();
+            let kind = if source.is_users() {
+                ClientKind::Users
+            } else if source.needs_subject_token() {
+                ClientKind::Subjects
+            } else {
+                ClientKind::Own
+            };
             let client = Arc::new(NamedClient {
                 name: name.clone(),
+                kind,
                 grant: source.grant_type().into(),
                 source,
                 default_slot: Arc::new(Slot::new(key, params)),
@@ -522,13 +562,16 @@ impl TokenManager {
         self.token_with(client, &TokenParams::new()).await
     }
 
-    /// A valid token for per-request parameters (force renewal, scope, resource, extra parameters).
+    /// A valid token for per-request parameters (force renewal, scope, resource, extra
+    /// parameters, and the [`SubjectToken`](crate::SubjectToken) a client that exchanges one
+    /// needs: it is cached per subject, never past the subject's expiry).
     pub async fn token_with(
         &self,
         client: &str,
         params: &TokenParams,
     ) -> Result<AccessToken, Error> {
         let client = self.client(client)?;
+        client.check_subject(params)?;
         let slot = self.slot_for(&client, params);
         let entry = self
             .entry(&client, &slot, params.is_force_renewal())
@@ -982,6 +1025,15 @@ impl TokenManager {
                 .fetch_user(client, slot, force, previous, deadline, progress)
                 .await;
         }
+        if let Some(exp) = slot.params.subject().and_then(SubjectToken::expires_at)
+            && exp <= self.now()
+        {
+            return Err(Error::SubjectTokenRejected {
+                client: client.name.clone(),
+                reason: "it has expired (its `exp` claim is past)",
+                source: None,
+            });
+        }
         let Some(shared) = &self.inner.shared else {
             return self
                 .fetch_from_source(client, slot, deadline, progress)
@@ -1036,11 +1088,15 @@ impl TokenManager {
             .request(client, slot, None, deadline, progress)
             .await
             .and_then(|(response, sent_at)| {
-                let cached = self.inner.timing.cached_token(
+                let mut cached = self.inner.timing.cached_token(
                     response,
                     sent_at,
                     client.source.default_lifetime(),
                 );
+                // A token got for a subject never outlives it.
+                if let Some(exp) = slot.params.subject().and_then(SubjectToken::expires_at) {
+                    cached = self.inner.timing.capped(cached, exp);
+                }
                 self.entry_of(cached).map_err(Stop::Failed)
             });
         match result {
@@ -1114,7 +1170,7 @@ impl TokenManager {
                         .map_err(|e| UserFailure::Refresh(Stop::Failed(e)))?;
                     Ok((tokens, entry))
                 }
-                Err(Stop::Failed(error)) if is_invalid_grant(&error) => {
+                Err(Stop::Failed(error)) if error.is_invalid_grant() => {
                     Err(UserFailure::Refused(error))
                 }
                 Err(stop) => Err(UserFailure::Refresh(stop)),
@@ -1210,6 +1266,20 @@ impl TokenManager {
                     client: client.name.clone(),
                     grant: client.grant.clone(),
                     timeout: self.inner.acquire_timeout,
+                }
+            }
+            Stop::Failed(error) if error.is_invalid_grant() && client.needs_subject_token() => {
+                // The caller's token, not this service, is at fault: not a warning here.
+                tracing::info!(
+                    client = %client.name,
+                    grant = %client.grant,
+                    error = %crate::error::Chain(&error),
+                    "the authorization server refused the subject token"
+                );
+                Error::SubjectTokenRejected {
+                    client: client.name.clone(),
+                    reason: "the authorization server refused it (invalid_grant)",
+                    source: Some(Arc::new(error)),
                 }
             }
             Stop::Failed(error) => {
@@ -1341,12 +1411,6 @@ impl TokenManager {
             shared.remove_if(&slot.key, entry.cached.token()).await;
         }
     }
-}
-
-/// RFC 6749 §5.2 `invalid_grant`: the refresh token is expired, revoked, reused or another
-/// client's; only signing in again helps.
-fn is_invalid_grant(error: &tokenwarden_oauth::Error) -> bool {
-    matches!(error, tokenwarden_oauth::Error::TokenEndpoint { error, .. } if error == "invalid_grant")
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

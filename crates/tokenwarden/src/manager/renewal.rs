@@ -111,6 +111,17 @@ impl Timing {
         CachedToken::new(token, expires_at, renew_at)
     }
 
+    /// `cached`, kept no later than `not_after` (a subject token's expiry): a token capped
+    /// there is neither renewed ahead nor dropped early, since a renewal for the same subject
+    /// could not outlive it either; it is sent until then and not after.
+    pub(crate) fn capped(&self, cached: CachedToken, not_after: SystemTime) -> CachedToken {
+        if cached.expires_at() <= not_after {
+            return cached;
+        }
+        let token = cached.into_token().with_expires_at(not_after);
+        CachedToken::new(token, not_after, not_after)
+    }
+
     /// The last moment a token is sent: a skew allowance before it expires, because servers
     /// truncate `exp` to whole seconds (a token can die up to 1 s early) and clocks drift. The
     /// allowance is at most the renew-ahead window, so a token from a shared cache, whose
@@ -220,6 +231,23 @@ mod tests {
             expires_at,
             expires_at - Duration::from_secs(renew_before),
         )
+    }
+
+    #[test]
+    fn capped_tokens_live_until_the_cap_and_are_not_renewed_ahead() {
+        let hour = cached(3600, 60);
+        let cap = hour.expires_at() - Duration::from_secs(3000);
+        let capped = timing().capped(hour.clone(), cap);
+        assert_eq!(capped.expires_at(), cap);
+        assert_eq!(capped.renew_at(), cap, "no renewal ahead of the cap");
+        assert_eq!(capped.token().expires_at(), Some(cap));
+        assert_eq!(timing().usable_until(&capped), cap, "sent until the cap");
+        let later = hour.expires_at() + Duration::from_secs(1);
+        assert_eq!(
+            timing().capped(hour.clone(), later),
+            hour,
+            "a later cap changes nothing"
+        );
     }
 
     #[test]

@@ -60,6 +60,13 @@ impl Entry {
                         .into(),
                 ));
             }
+            TokenType::NotApplicable => {
+                return Err(tokenwarden_oauth::Error::InvalidResponse(
+                    "the server issued a token that is not an access token (token_type N_A); \
+                     it cannot be sent in an Authorization header"
+                        .into(),
+                ));
+            }
             other => {
                 return Err(tokenwarden_oauth::Error::InvalidResponse(format!(
                     "the token type {:?} is not supported; only Bearer tokens are sent",

@@ -41,6 +41,14 @@ impl Source {
         }
     }
 
+    /// Whether each token request exchanges a subject token, which then keys the token.
+    pub(crate) fn needs_subject_token(&self) -> bool {
+        match self {
+            Source::Grant(grant) => grant.needs_subject_token(),
+            Source::Users(_) => false,
+        }
+    }
+
     /// Whether the tokens are users' rather than the client's own.
     pub(crate) fn is_users(&self) -> bool {
         matches!(self, Source::Users(_))
@@ -59,11 +67,20 @@ impl Source {
         }
     }
 
-    /// The key of the client's token that `params` ask for.
+    /// The key of the client's token that `params` ask for. The subject token of a grant
+    /// that exchanges one is in it as its SHA-256 digest (whatever the grant adds itself), so
+    /// two subjects never share a token and the key never holds one.
     pub(crate) fn cache_key(&self, namespace: &str, name: &str, params: &TokenParams) -> CacheKey {
-        let key = self.key(namespace, name);
+        let mut key = self.key(namespace, name);
         match self {
-            Source::Grant(grant) => grant.cache_key(params, key).build(),
+            Source::Grant(grant) => {
+                if let Some(subject) = params.subject().filter(|_| grant.needs_subject_token()) {
+                    key = key
+                        .part("subject_token_type", subject.token_type())
+                        .hashed_part("subject_token", subject.expose_secret());
+                }
+                grant.cache_key(params, key).build()
+            }
             Source::Users(_) => key.build(),
         }
     }
