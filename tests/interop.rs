@@ -2,9 +2,11 @@
 //! `tests/interop/server.mjs` on a free loopback port, one server per test.
 //!
 //! Client credentials (HTTP Basic, form post, resource indicators), discovery, users' tokens
-//! refreshed with rotation, reuse detection and revocation, all through the library's public
-//! API; raw HTTP only for what an app does outside it (signing a user in, a stolen refresh
-//! token replayed) and for checking the outcome at the server (token introspection).
+//! refreshed with rotation, reuse detection and revocation, a middle tier exchanging its
+//! callers' tokens (token exchange, RFC 8693, and a custom `delegation` grant), all through the
+//! library's public API; raw HTTP only for what an app does outside it (signing a user in, a
+//! stolen refresh token replayed, a user's token revoked) and for checking the outcome at the
+//! server (token introspection).
 //!
 //! Needs `node` and `tests/interop/node_modules` (`npm ci --prefix tests/interop`, which
 //! `scripts/test.sh` runs). Without them the tests fail under `CI=true`, and elsewhere pass
@@ -18,12 +20,15 @@ use std::time::{Duration, SystemTime};
 
 use common::chain;
 use http::StatusCode;
-use oidc_provider::{API, BILLING_BASIC, BILLING_POST, OidcProvider, REPORTS, SignedIn, WEB};
+use oidc_provider::{
+    API, API1, API2, BILLING_BASIC, BILLING_POST, OidcProvider, REPORTS, SignedIn, WEB,
+};
 use tokenwarden::core::{BoxFuture, Error as CoreError};
 use tokenwarden::oauth::Error as OAuthError;
 use tokenwarden::{
-    CacheKey, ClientAuth, ClientConfig, ClientCredentials, MemoryUserTokenStore, RefreshTokens,
-    RetryPolicy, Revoke, Secret, TokenManager, TokenParams, UserKey, UserTokenStore, UserTokens,
+    CacheKey, ClientAuth, ClientConfig, ClientCredentials, ExtensionGrant, MemoryUserTokenStore,
+    RefreshTokens, RetryPolicy, Revoke, Secret, SubjectToken, TokenExchange, TokenManager,
+    TokenParams, UserKey, UserTokenStore, UserTokens, token_types,
 };
 
 // --- Client credentials ---------------------------------------------------------------------
@@ -486,6 +491,168 @@ async fn sign_out_revokes_the_refresh_token_at_the_server_and_forgets_the_user()
     assert!(store.inner.is_empty(), "{:?}", store.inner);
 }
 
+// --- Token exchange ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn token_exchange_trades_a_users_token_for_the_middle_tiers_token_for_api2() {
+    let Some(server) = OidcProvider::start().await else {
+        return;
+    };
+    // The middle tier (API 1) calls API 2 for the user whose token it was called with: by
+    // resource indicator, and by audience asking for an access token explicitly.
+    let by_resource = TokenExchange::new(api1(&server))
+        .resource(API2)
+        .scope("api2:read");
+    let by_audience = TokenExchange::new(api1(&server))
+        .audience(API2)
+        .requested_token_type(token_types::ACCESS_TOKEN)
+        .scope("api2:read api2:write");
+    let manager = manager(|m| {
+        m.client("api2", by_resource)
+            .client("api2-by-audience", by_audience)
+    });
+    let alice = server.sign_in("alice").await;
+
+    let token = manager
+        .token_with("api2", &acting_for(&alice.access_token))
+        .await
+        .unwrap();
+
+    assert_ne!(token.expose_secret(), alice.access_token);
+    let seen = server.introspect(token.expose_secret()).await;
+    assert_eq!(seen["active"], true, "{seen}");
+    assert_eq!(seen["sub"], "alice", "{seen}");
+    assert_eq!(seen["client_id"], API1.id, "{seen}");
+    assert_eq!(seen["aud"], API2, "{seen}");
+    assert_eq!(seen["scope"], "api2:read", "{seen}");
+    assert_eq!(seen["act"]["sub"], API1.id, "{seen}");
+    assert_expires_in(&token, Duration::from_secs(300));
+    // The user's own token is untouched: still hers, for API 1's resource.
+    let seen = server.introspect(&alice.access_token).await;
+    assert_eq!(seen["active"], true, "{seen}");
+    assert_eq!(seen["client_id"], WEB.id, "{seen}");
+    assert_eq!(seen["aud"], API, "{seen}");
+
+    // The same subject again: the cached token, no second exchange.
+    assert_eq!(manager.metrics().token_requests, 1);
+    let again = manager
+        .token_with("api2", &acting_for(&alice.access_token))
+        .await
+        .unwrap();
+    assert_eq!(again.secret(), token.secret());
+    assert_eq!(manager.metrics().token_requests, 1);
+
+    // Another user: another exchange, another token, for him.
+    let bob = server.sign_in("bob").await;
+    let for_bob = manager
+        .token_with("api2", &acting_for(&bob.access_token))
+        .await
+        .unwrap();
+    assert_ne!(for_bob.secret(), token.secret());
+    assert_eq!(manager.metrics().token_requests, 2);
+    let seen = server.introspect(for_bob.expose_secret()).await;
+    assert_eq!(seen["active"], true, "{seen}");
+    assert_eq!(seen["sub"], "bob", "{seen}");
+    assert_eq!(seen["client_id"], API1.id, "{seen}");
+
+    // By audience, with the type asked for (the response's issued_token_type is checked).
+    let by_audience = manager
+        .token_with("api2-by-audience", &acting_for(&alice.access_token))
+        .await
+        .unwrap();
+    assert_ne!(by_audience.secret(), token.secret());
+    assert_eq!(manager.metrics().token_requests, 3);
+    let seen = server.introspect(by_audience.expose_secret()).await;
+    assert_eq!(seen["active"], true, "{seen}");
+    assert_eq!(seen["sub"], "alice", "{seen}");
+    assert_eq!(seen["client_id"], API1.id, "{seen}");
+    assert_eq!(seen["aud"], API2, "{seen}");
+    assert_eq!(seen["scope"], "api2:read api2:write", "{seen}");
+}
+
+#[tokio::test]
+async fn the_delegation_grant_trades_a_users_token_for_the_middle_tiers_token_for_api2() {
+    let Some(server) = OidcProvider::start().await else {
+        return;
+    };
+    // Seed 001's `grant_type=delegation&token=…&scope=…`; the server's default resource is API 2.
+    let delegation = ExtensionGrant::new(api1(&server), "delegation")
+        .subject_token_param("token")
+        .scope("api2:write");
+    let manager = manager(|m| m.client("api2", delegation));
+    let alice = server.sign_in("alice").await;
+
+    let token = manager
+        .token_with("api2", &acting_for(&alice.access_token))
+        .await
+        .unwrap();
+
+    assert_ne!(token.expose_secret(), alice.access_token);
+    let seen = server.introspect(token.expose_secret()).await;
+    assert_eq!(seen["active"], true, "{seen}");
+    assert_eq!(seen["sub"], "alice", "{seen}");
+    assert_eq!(seen["client_id"], API1.id, "{seen}");
+    assert_eq!(seen["aud"], API2, "{seen}");
+    assert_eq!(seen["scope"], "api2:write", "{seen}");
+    assert_eq!(seen["act"]["sub"], API1.id, "{seen}");
+
+    // The same subject again: one exchange.
+    let again = manager
+        .token_with("api2", &acting_for(&alice.access_token))
+        .await
+        .unwrap();
+    assert_eq!(again.secret(), token.secret());
+    assert_eq!(manager.metrics().token_requests, 1);
+}
+
+#[tokio::test]
+async fn a_revoked_expired_or_unknown_subject_token_is_rejected_by_the_server() {
+    // Users' access tokens live 2 s here, so the test can wait for one to expire.
+    let Some(server) = OidcProvider::start_with(&[("INTEROP_ACCESS_TOKEN_TTL", "2")]).await else {
+        return;
+    };
+    let exchange = TokenExchange::new(api1(&server)).resource(API2);
+    let delegation = ExtensionGrant::new(api1(&server), "delegation").subject_token_param("token");
+    let manager = manager(|m| {
+        m.client("exchange", exchange)
+            .client("delegation", delegation)
+    });
+    let alice = server.sign_in("alice").await;
+    let bob = server.sign_in("bob").await;
+
+    // Alice's token is revoked (she signed out) before the middle tier is called with it.
+    server.revoke(WEB, &alice.access_token).await;
+    let seen = server.introspect(&alice.access_token).await;
+    assert_eq!(seen["active"], false, "{seen}");
+
+    // Opaque tokens: the library cannot tell; the server refuses them (invalid_grant), which
+    // is the subject token's fault, not the middle tier's.
+    let made_up = "not-a-token-this-server-issued";
+    for client in ["exchange", "delegation"] {
+        for subject in [alice.access_token.as_str(), made_up] {
+            let error = manager
+                .token_with(client, &acting_for(subject))
+                .await
+                .unwrap_err();
+            assert_subject_token_rejected(&error);
+        }
+    }
+    // Each refusal was one request: invalid_grant is not retried.
+    assert_eq!(manager.metrics().token_requests, 4);
+
+    // Bob's token expires at the server.
+    tokio::time::sleep_until(bob.expires_at).await;
+    let seen = server.introspect(&bob.access_token).await;
+    assert_eq!(seen["active"], false, "{seen}");
+    for client in ["exchange", "delegation"] {
+        let error = manager
+            .token_with(client, &acting_for(&bob.access_token))
+            .await
+            .unwrap_err();
+        assert_subject_token_rejected(&error);
+    }
+}
+
 // --- Helpers --------------------------------------------------------------------------------
 
 /// A manager built by `register`, retrying quickly.
@@ -509,6 +676,43 @@ fn user_manager(server: &OidcProvider, store: &WatchedStore) -> TokenManager {
         m.user_client(WEB.id, RefreshTokens::new(web))
             .user_token_store(store.clone())
     })
+}
+
+/// The middle tier's client (`api1`) at the server's token endpoint.
+fn api1(server: &OidcProvider) -> ClientConfig {
+    ClientConfig::builder(server.token_endpoint(), API1.id)
+        .client_secret(API1.secret)
+        .build()
+        .unwrap()
+}
+
+/// The parameters of a request the middle tier makes for the caller who sent `access_token`.
+fn acting_for(access_token: &str) -> TokenParams {
+    TokenParams::new().subject_token(SubjectToken::access_token(access_token).unwrap())
+}
+
+/// `error` is the server's `invalid_grant` for the subject token.
+fn assert_subject_token_rejected(error: &tokenwarden::Error) {
+    assert!(
+        matches!(error, tokenwarden::Error::SubjectTokenRejected { .. }),
+        "expected SubjectTokenRejected, got: {}",
+        chain(error)
+    );
+    assert!(error.is_subject_token_rejected());
+    match error.oauth_error() {
+        Some(OAuthError::TokenEndpoint {
+            status,
+            error: code,
+            ..
+        }) => {
+            assert_eq!(*status, StatusCode::BAD_REQUEST, "{}", chain(error));
+            assert_eq!(code, "invalid_grant", "{}", chain(error));
+        }
+        _ => panic!(
+            "expected the server's invalid_grant as the cause, got: {}",
+            chain(error)
+        ),
+    }
 }
 
 /// `token` expires `lifetime` from now, give or take the test's own time.
@@ -635,6 +839,11 @@ mod oidc_provider {
         id: "web",
         secret: "web-s3cret",
     };
+    /// The middle tier (API 1, HTTP Basic): token exchange and the `delegation` grant, for API 2.
+    pub(crate) const API1: Registered = Registered {
+        id: "api1",
+        secret: "api1-s3cret",
+    };
     /// The resource server that introspects tokens.
     const INTROSPECTOR: Registered = Registered {
         id: "introspector",
@@ -644,6 +853,8 @@ mod oidc_provider {
     /// The resource servers of `tests/interop/resources.mjs`; users' tokens are for `API`.
     pub(crate) const API: &str = "urn:tokenwarden:test:api";
     pub(crate) const REPORTS: &str = "urn:tokenwarden:test:reports";
+    /// API 2, which the middle tier calls for users; exchanged tokens are for it by default.
+    pub(crate) const API2: &str = "urn:tokenwarden:test:api2";
 
     /// The test-only grant of `tests/interop/grants/sign-in.mjs`.
     const SIGN_IN_GRANT: &str = "urn:tokenwarden:test:sign-in";
@@ -667,6 +878,7 @@ mod oidc_provider {
         issuer: String,
         token_endpoint: String,
         introspection_endpoint: String,
+        revocation_endpoint: String,
         _child: Child,
         _stdin: ChildStdin,
         log: Arc<Mutex<String>>,
@@ -798,6 +1010,7 @@ mod oidc_provider {
                 issuer,
                 token_endpoint: String::new(),
                 introspection_endpoint: String::new(),
+                revocation_endpoint: String::new(),
                 _child: child,
                 _stdin: stdin,
                 log,
@@ -814,7 +1027,7 @@ mod oidc_provider {
             };
             server.token_endpoint = endpoint("token_endpoint");
             server.introspection_endpoint = endpoint("introspection_endpoint");
-            endpoint("revocation_endpoint");
+            server.revocation_endpoint = endpoint("revocation_endpoint");
             Ok(server)
         }
 
@@ -860,6 +1073,15 @@ mod oidc_provider {
                 ("refresh_token", refresh_token),
             ];
             self.post_form(&self.token_endpoint, WEB, &form).await
+        }
+
+        /// Revokes `token` (RFC 7009) as `client`, which it was issued to, outside the library
+        /// (an app signing a user out on its own, say).
+        pub(crate) async fn revoke(&self, client: Registered, token: &str) {
+            let (status, body) = self
+                .post_form(&self.revocation_endpoint, client, &[("token", token)])
+                .await;
+            assert_eq!(status, StatusCode::OK, "revocation: {body}");
         }
 
         /// What the server says of `token` (RFC 7662), asked by the introspecting resource server.

@@ -5,20 +5,25 @@
 // Everything tokenwarden is tested on here is oidc-provider's own code: the token endpoint and
 // its client authentication (client_secret_basic, client_secret_post), client credentials,
 // resource indicators, the refresh-token grant with rotation and reuse detection, revocation,
-// introspection and discovery. The only code of ours that issues tokens is a grant standing in
-// for the browser sign-in (grants/sign-in.mjs), and it does so through oidc-provider's models.
+// introspection and discovery. The only code of ours that issues tokens is the test-only
+// grants: one standing in for the browser sign-in (grants/sign-in.mjs), and token exchange
+// (RFC 8693) and a custom `delegation` grant (grants/token-exchange.mjs, grants/delegation.mjs,
+// sharing exchange.mjs), which oidc-provider does not implement. They issue tokens through
+// oidc-provider's models, so what happens to those tokens afterwards is its own code again.
 
 import Provider, { errors } from 'oidc-provider';
 
 import { clients } from './clients.mjs';
+import * as delegation from './grants/delegation.mjs';
 import * as signIn from './grants/sign-in.mjs';
+import * as tokenExchange from './grants/token-exchange.mjs';
 import { resourceServers } from './resources.mjs';
 
 // The test-only grants, registered with oidc-provider's registerGrantType hook. Each module
 // exports `grantType`, `parameters` (the form parameters it reads, besides grant_type and
-// client authentication) and `handler(ctx)`. Token exchange and other extension grants go
-// here.
-const grants = [signIn];
+// client authentication), optionally `dupes` (those of them that may be repeated; any other
+// repeated parameter is invalid_request) and `handler(ctx)`.
+const grants = [signIn, tokenExchange, delegation];
 
 // An authorization server for `issuer` (`http://127.0.0.1:PORT`). `accessTokenTtl` is the
 // lifetime in seconds of users' access tokens (refreshed ones too); short ones let tests see a
@@ -78,11 +83,17 @@ export function createProvider({ issuer, accessTokenTtl, clientCredentialsTtl })
       Grant: 14 * 24 * 60 * 60,
       RefreshToken: 14 * 24 * 60 * 60,
     },
+    // Claims a grant set on an access token it issues (`token.extra`, such as the `act` claim of
+    // exchange.mjs), stored with the token as they are: introspection shows them. oidc-provider
+    // replaces `extra` with what this returns when it saves a token, so it hands it back.
+    async extraTokenClaims(_ctx, token) {
+      return token.extra;
+    },
     // Only loopback http is ever used; no cookies are set by the endpoints tested.
     cookies: { keys: ['tokenwarden-interop-only'] },
   });
   for (const grant of grants) {
-    provider.registerGrantType(grant.grantType, grant.handler, grant.parameters);
+    provider.registerGrantType(grant.grantType, grant.handler, grant.parameters, grant.dupes);
   }
   return provider;
 }
