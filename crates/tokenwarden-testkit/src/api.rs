@@ -83,6 +83,7 @@ pub(crate) async fn handle(
     }
     let mut echo = json!({
         "client": owner.client_id,
+        "sub": owner.sub,
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
         "body": String::from_utf8_lossy(&body),
@@ -92,6 +93,12 @@ pub(crate) async fn handle(
     }
     if let Some(scope) = owner.scope {
         echo["scope"] = scope.into();
+    }
+    if !owner.audience.is_empty() {
+        echo["aud"] = owner.audience.into();
+    }
+    if let Some(actor) = owner.actor {
+        echo["act"] = actor.to_json();
     }
     Ok(body::json(StatusCode::OK, &echo))
 }

@@ -105,7 +105,8 @@ impl FormRequest {
         self.field(name).filter(|value| !value.is_empty())
     }
 
-    fn fields<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    /// Every value of the field `name`, in request order.
+    pub(crate) fn fields<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.form
             .iter()
             .filter(move |(key, _)| key == name)

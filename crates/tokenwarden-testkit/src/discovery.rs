@@ -7,14 +7,20 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use crate::body::{self, ResponseBody};
+use crate::exchange::{DELEGATION, TOKEN_EXCHANGE};
 use crate::failure;
-use crate::server::{Disconnect, REVOCATION_PATH, TOKEN_PATH};
+use crate::server::{Disconnect, INTROSPECTION_PATH, REVOCATION_PATH, TOKEN_PATH};
 use crate::state::State;
 
-/// The client authentication methods of the token and revocation endpoints.
+/// The client authentication methods of the token, revocation and introspection endpoints.
 const AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
-/// The grant types every server supports; extension grants are added after them.
-const BUILT_IN_GRANT_TYPES: [&str; 3] = ["client_credentials", "password", "refresh_token"];
+/// The grant types every server supports; `delegation` and extension grants are added after them.
+const BUILT_IN_GRANT_TYPES: [&str; 4] = [
+    "client_credentials",
+    "password",
+    "refresh_token",
+    TOKEN_EXCHANGE,
+];
 
 /// One of the two well-known paths a [`TestServer`](crate::TestServer) serves its metadata at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,9 +89,17 @@ pub(crate) async fn handle(
 /// The server's metadata (RFC 8414 §2), the same at both paths.
 fn metadata(state: &State) -> Value {
     let base_url = state.base_url();
+    let delegation = state.delegation_grant().then_some(DELEGATION);
     let grant_types: Vec<&str> = BUILT_IN_GRANT_TYPES
         .into_iter()
-        .chain(state.extension_grant_types())
+        .chain(delegation)
+        .chain(
+            state
+                .extension_grant_types()
+                .into_iter()
+                // Served as the built-in grant when enabled, so listed once.
+                .filter(|grant_type| delegation != Some(*grant_type)),
+        )
         .collect();
     let mut metadata = json!({
         "issuer": state.issuer(),
@@ -93,6 +107,8 @@ fn metadata(state: &State) -> Value {
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "revocation_endpoint": format!("{base_url}{REVOCATION_PATH}"),
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint": format!("{base_url}{INTROSPECTION_PATH}"),
+        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
         "grant_types_supported": grant_types,
         "response_types_supported": ["code"],
     });

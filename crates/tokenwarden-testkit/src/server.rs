@@ -18,9 +18,10 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::body::{self, ResponseBody};
 use crate::refresh::RefreshPolicy;
 use crate::state::{Settings, State, lock};
+use crate::tokens::Revoked;
 use crate::{
     ApiMode, DiscoveryDocument, Failure, RefreshTokenUsage, SignedIn, TokenRequestRecord, api,
-    discovery, redirect, revocation, token_endpoint,
+    discovery, introspection, redirect, revocation, token_endpoint,
 };
 
 /// The default lifetime of issued access tokens: one hour.
@@ -30,25 +31,34 @@ const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 pub(crate) const TOKEN_PATH: &str = "/token";
 /// The revocation endpoint's path.
 pub(crate) const REVOCATION_PATH: &str = "/revoke";
+/// The introspection endpoint's path.
+pub(crate) const INTROSPECTION_PATH: &str = "/introspect";
 
-/// An OAuth 2.0 authorization server (token, revocation and discovery endpoints, no browser
-/// flows) and a protected API, serving real HTTP/1.1 on `127.0.0.1` from a task of the current
-/// tokio runtime.
+/// An OAuth 2.0 authorization server (token, revocation, introspection and discovery endpoints,
+/// no browser flows) and a protected API, serving real HTTP/1.1 on `127.0.0.1` from a task of
+/// the current tokio runtime.
 ///
 /// - `POST /token` ([`token_endpoint`](Self::token_endpoint)) issues opaque bearer tokens to the
 ///   clients registered with [`TestServerBuilder::client`], authenticated by
 ///   `client_secret_basic` or `client_secret_post`, with the `client_credentials` grant, any
 ///   grant type registered with [`TestServerBuilder::extension_grant`], the resource owner
-///   `password` grant for users registered with [`TestServerBuilder::user`], and the
-///   `refresh_token` grant (see [Users and refresh tokens](Self#users-and-refresh-tokens)).
+///   `password` grant for users registered with [`TestServerBuilder::user`], the
+///   `refresh_token` grant (see [Users and refresh tokens](Self#users-and-refresh-tokens)),
+///   token exchange (RFC 8693) and, if enabled, the `delegation` grant (see
+///   [Token exchange and delegation](Self#token-exchange-and-delegation)).
 /// - `POST /revoke` ([`revocation_endpoint`](Self::revocation_endpoint)) revokes access and
 ///   refresh tokens (RFC 7009), with the same client authentication.
+/// - `POST /introspect` ([`introspection_endpoint`](Self::introspection_endpoint)) describes a
+///   token (RFC 7662), with the same client authentication; see
+///   [Introspection](Self#introspection).
 /// - `GET /.well-known/openid-configuration` and `GET /.well-known/oauth-authorization-server`
 ///   ([`discovery_url`](Self::discovery_url)) answer the server's metadata (RFC 8414); see
 ///   [Discovery](Self#discovery).
 /// - Any path under `/api/` ([`api_url`](Self::api_url)) answers 200 with JSON describing the
-///   request (`client`, `user` for a user's token, `scope` if the token has one, `method`,
-///   `path`, `body`) when it carries `Authorization: Bearer` with a token from this server that
+///   request (`client`: the client the token was issued to; `sub`: its subject, the user of a
+///   user's token or else the client; `user` for a user's token; `scope` if the token has one;
+///   `aud`, an array, if it has audiences; `act` for an exchanged token; `method`, `path`,
+///   `body`) when it carries `Authorization: Bearer` with an access token from this server that
 ///   is neither expired nor revoked, and 401 with `WWW-Authenticate: Bearer error="invalid_token"`
 ///   otherwise. [`set_api_mode`](Self::set_api_mode) makes it reject every token, or answer
 ///   valid ones with `insufficient_scope`.
@@ -89,6 +99,59 @@ pub(crate) const REVOCATION_PATH: &str = "/revoke";
 /// judged by the wall clock to the nanosecond, with the settings in force when the token is
 /// presented, so a test can shorten them (even to zero) after sign-in.
 ///
+/// # Token exchange and delegation
+///
+/// `grant_type=urn:ietf:params:oauth:grant-type:token-exchange` (RFC 8693 §2.1) from any
+/// registered, authenticated client trades a *subject token* for a new token that acts for the
+/// same subject: a middle tier (API 1) receives a user's access token and calls API 2 as that
+/// user. Subject tokens are access tokens this server issued, from [`sign_in`](Self::sign_in),
+/// the password or refresh grant, [`issue_user_jwt`](Self::issue_user_jwt), client grants or an
+/// earlier exchange. The request is judged in this order:
+///
+/// 1. `subject_token` and `subject_token_type` are required; the type must be
+///    `urn:ietf:params:oauth:token-type:access_token` or `...:jwt`. `actor_token` needs
+///    `actor_token_type` (same types) and that type needs the token. `requested_token_type`, if
+///    sent, must be `...:access_token`, `...:jwt` or `...:id_token`. Any of these wrong is 400
+///    `invalid_request` naming the parameter; a `resource` that is not an absolute URI without a
+///    fragment is 400 `invalid_target`. `audience` and `resource` may repeat.
+/// 2. The subject token, then the actor token, must be live (not expired by the server's clock,
+///    judged like the API's), not revoked, access tokens of this server, and JWTs if declared as
+///    `...:jwt`; otherwise 400 `invalid_grant` with an `error_description` saying which token
+///    and why.
+///
+/// The answer has `access_token`, `issued_token_type` (the requested type, default
+/// `...:access_token`), `token_type`, `expires_in` and, when the token has one, `scope`. An
+/// access token is opaque (`tk_…`) or, if `...:jwt` was requested, a signed JWT; both are
+/// `Bearer` and accepted by the API. An `...:id_token` is an opaque `it_…` with `token_type`
+/// `N_A` (RFC 8693 §2.2.1) that the API refuses and the token endpoint does not take as a
+/// subject. The new token is owned by the requesting client (`client`, `client_id`) and acts
+/// for the subject token's subject and user (`sub`, `user`), with `act: {"sub": <client>}` (or
+/// the actor token's subject) wrapping the subject token's own `act`, the `audience` then
+/// `resource` values as its audience, and the requested `scope`, else the subject token's
+/// (granted as asked: the test kit does not police down-scoping).
+///
+/// Its lifetime is the server's token lifetime and is deliberately *not* capped by the subject
+/// token's `exp`, so that a client's own cap can be tested; it also survives the revocation of
+/// its subject token. [`misreport_next_issued_token_type`](Self::misreport_next_issued_token_type)
+/// makes coming exchanges answer a wrong `issued_token_type`.
+///
+/// [`TestServerBuilder::delegation_grant`] adds `grant_type=delegation`: the subject token in
+/// the `token` field (missing: `invalid_request`; unknown, expired, revoked: `invalid_grant`, as
+/// above), optionally `scope`, answered with a plain token response (`access_token`,
+/// `token_type`, `expires_in`, `scope`) with an opaque token issued as a token exchange would.
+///
+/// Both grants are recorded and counted like any token request, and also in
+/// [`exchange_requests`](Self::exchange_requests).
+///
+/// # Introspection
+///
+/// `POST /introspect` with client authentication and `token=..` (RFC 7662) answers, to any
+/// registered client, `{"active": false}` for anything but a live token this server issued
+/// (refresh tokens included), and for a live one `active`, `iss`, `sub`, `client_id`,
+/// `token_type` (`Bearer` or `N_A`), `iat`, `exp`, and when they apply `username`, `scope`,
+/// `aud` (an array) and `act`. A missing `token` is 400 `invalid_request`, bad client
+/// credentials 401 `invalid_client`.
+///
 /// # Revocation
 ///
 /// `POST /revoke` with client authentication and `token=..` (optionally `token_type_hint`,
@@ -103,9 +166,12 @@ pub(crate) const REVOCATION_PATH: &str = "/revoke";
 ///
 /// Both well-known paths answer the same metadata: `issuer` ([`issuer`](Self::issuer), the base
 /// URL unless [`TestServerBuilder::issuer`] says otherwise), `token_endpoint`,
-/// `revocation_endpoint`, `grant_types_supported`, `token_endpoint_auth_methods_supported` and
-/// `revocation_endpoint_auth_methods_supported` (`client_secret_basic`, `client_secret_post`),
-/// `response_types_supported` (`["code"]`) and, if configured, `scopes_supported`.
+/// `revocation_endpoint`, `introspection_endpoint`, `grant_types_supported` (the built-in
+/// grants including token exchange, then `delegation` if enabled, then extension grants),
+/// `token_endpoint_auth_methods_supported`, `revocation_endpoint_auth_methods_supported` and
+/// `introspection_endpoint_auth_methods_supported` (`client_secret_basic`,
+/// `client_secret_post`), `response_types_supported` (`["code"]`) and, if configured,
+/// `scopes_supported`.
 /// [`TestServerBuilder::serve_openid_configuration`]`(false)` makes the OpenID path answer 404,
 /// to test a client's fallback, and [`fail_next_discovery`](Self::fail_next_discovery) makes the
 /// next discovery requests fail (or serve any [`Failure::RawBody`], e.g. metadata with an
@@ -114,7 +180,7 @@ pub(crate) const REVOCATION_PATH: &str = "/revoke";
 /// # Leak detection
 ///
 /// [`requests_with_authorization`](Self::requests_with_authorization) counts the requests outside
-/// the token and revocation endpoints that carried an `Authorization` header. Pointing a redirect
+/// the token, revocation and introspection endpoints that carried an `Authorization` header. Pointing a redirect
 /// at a second `TestServer` and checking that its count stays 0 proves that no token followed the
 /// redirect to another origin.
 ///
@@ -183,6 +249,12 @@ impl TestServer {
     /// [Revocation](Self#revocation).
     pub fn revocation_endpoint(&self) -> String {
         format!("{}{REVOCATION_PATH}", self.inner.base_url)
+    }
+
+    /// The introspection endpoint (RFC 7662): [`base_url`](Self::base_url) + `/introspect`; see
+    /// [Introspection](Self#introspection).
+    pub fn introspection_endpoint(&self) -> String {
+        format!("{}{INTROSPECTION_PATH}", self.inner.base_url)
     }
 
     /// The `issuer` the discovery metadata announces: the one set with
@@ -256,6 +328,71 @@ impl TestServer {
             refresh_token: issued.refresh_token.unwrap_or_default(),
             scope: issued.scope,
         }
+    }
+
+    /// The `client_id` of the tokens [`issue_user_jwt`](Self::issue_user_jwt) issues: the web app
+    /// the user signed in to. It need not be registered.
+    pub const USER_JWT_CLIENT_ID: &'static str = "web-app";
+
+    /// Issues `username` an access token as a JWT, as a server that signed the user in to a web
+    /// app would: `base64url(header).base64url(claims).base64url(signature)`, header
+    /// `{"alg":"HS256","typ":"at+jwt"}`, HMAC-SHA256 with a key drawn at server start, claims
+    /// `iss` ([`issuer`](Self::issuer)), `sub` (`username`), `aud` (`audience`), `scope`,
+    /// `client_id` ([`USER_JWT_CLIENT_ID`](Self::USER_JWT_CLIENT_ID)), `iat`, `exp` and `jti`.
+    /// An empty `audience` or `scope` leaves that claim out.
+    ///
+    /// `exp` follows the server's expiry rule (issue time truncated to whole seconds plus
+    /// `lifetime`'s whole seconds, see [Token expiry](Self#token-expiry)) but with this
+    /// `lifetime`, not the server's: [`Duration::ZERO`] gives an already-expired token. While
+    /// live and not revoked, the API accepts it (reporting the user) and the token endpoint
+    /// takes it as a subject or actor token. `username` need not be registered: the token
+    /// stands for a sign-in this server did not see. It is not a token request: no counter
+    /// changes.
+    pub fn issue_user_jwt(
+        &self,
+        username: &str,
+        audience: &str,
+        scope: &str,
+        lifetime: Duration,
+    ) -> String {
+        self.inner.state.issue_user_jwt(
+            Self::USER_JWT_CLIENT_ID,
+            username,
+            audience,
+            scope,
+            lifetime,
+        )
+    }
+
+    /// Revokes one token, whoever it was issued to, as `POST /revoke` by its client would: an
+    /// access token (opaque, JWT, exchanged or `N_A`) alone, a refresh token with its whole
+    /// family. Returns whether the token was known (`false`: never issued, or already
+    /// revoked). Not a revocation request: no counter changes.
+    pub fn revoke_token(&self, token: &str) -> bool {
+        self.inner.state.revoke_token(token) != Revoked::Nothing
+    }
+
+    /// Makes the next successful token exchange answer this `issued_token_type` instead of the
+    /// type it issued (the token itself is the one requested), to test a client's check of it.
+    /// Repeatable: values are used first in, first out, one per successful exchange; refused
+    /// exchanges and the `delegation` grant do not use them. To test a response without
+    /// `issued_token_type`, queue a [`Failure::RawBody`] with [`fail_next`](Self::fail_next).
+    pub fn misreport_next_issued_token_type(&self, issued_token_type: &str) {
+        self.inner
+            .state
+            .push_misreported_token_type(issued_token_type.to_owned());
+    }
+
+    /// How many of [`token_requests`](Self::token_requests) for this client id were token
+    /// exchanges or `delegation` grants, whatever their outcome (enabled or not, refused,
+    /// injected failures included).
+    pub fn exchange_requests(&self, client_id: &str) -> usize {
+        self.inner.state.exchange_requests(client_id)
+    }
+
+    /// How many `POST /introspect` requests arrived, whatever their outcome.
+    pub fn introspection_requests(&self) -> usize {
+        self.inner.state.introspection_requests()
     }
 
     /// How many token requests named this client id (in Basic credentials or the `client_id`
@@ -423,7 +560,7 @@ impl TestServer {
     }
 
     /// How many requests that carried an `Authorization` header arrived on any path but the
-    /// token and revocation endpoints: the API, [`redirect_url`](Self::redirect_url)s, discovery
+    /// token, revocation and introspection endpoints: the API, [`redirect_url`](Self::redirect_url)s, discovery
     /// and unknown paths alike. A test checks with it that no credential reached a server it
     /// must not reach.
     pub fn requests_with_authorization(&self) -> usize {
@@ -455,6 +592,7 @@ impl Default for TestServerBuilder {
             settings: Settings {
                 clients: Vec::new(),
                 extension_grants: Vec::new(),
+                delegation_grant: false,
                 users: Vec::new(),
                 token_lifetime: DEFAULT_TOKEN_LIFETIME,
                 delay: Duration::ZERO,
@@ -479,6 +617,7 @@ impl fmt::Debug for TestServerBuilder {
             .field("clients", &names(&settings.clients))
             .field("users", &names(&settings.users))
             .field("extension_grants", &settings.extension_grants)
+            .field("delegation_grant", &settings.delegation_grant)
             .field("token_lifetime", &settings.token_lifetime)
             .field("delay", &settings.delay)
             .field("api_mode", &settings.api_mode)
@@ -538,6 +677,19 @@ impl TestServerBuilder {
             grant_type,
             required_param,
         );
+        self
+    }
+
+    /// Makes the token endpoint serve the `delegation` extension grant (default: not served,
+    /// `unsupported_grant_type` unless registered with
+    /// [`extension_grant`](Self::extension_grant)): `grant_type=delegation&token=<subject
+    /// token>`, optionally `scope`, from any registered, authenticated client. The token is
+    /// validated as a token exchange's subject token and the answer issued as a token exchange
+    /// would (see [Token exchange and delegation](TestServer#token-exchange-and-delegation)).
+    /// It is listed in the discovery metadata, and it takes precedence over an extension grant
+    /// registered under the same name.
+    pub fn delegation_grant(mut self) -> Self {
+        self.settings.delegation_grant = true;
         self
     }
 
@@ -719,12 +871,15 @@ async fn route(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Disconnect> {
     let path = request.uri().path();
-    // Clients authenticate at these two with `Authorization: Basic`; that is no leak.
+    // Clients authenticate at these three with `Authorization: Basic`; that is no leak.
     if path == TOKEN_PATH {
         return token_endpoint::handle(state, request).await;
     }
     if path == REVOCATION_PATH {
         return revocation::handle(state, request).await;
+    }
+    if path == INTROSPECTION_PATH {
+        return introspection::handle(state, request).await;
     }
     if request.headers().contains_key(AUTHORIZATION) {
         state.count_request_with_authorization();

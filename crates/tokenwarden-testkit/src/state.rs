@@ -7,9 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
+use crate::exchange::{self, RequestedTokenType};
+use crate::jwt::SigningKey;
 use crate::refresh::{Lifetimes, RefreshPolicy};
 use crate::tokens::{
-    Issued, MAX_TOKEN_LIFETIME_SECS, OtherClient, Owner, RefreshError, Revoked, Tokens,
+    Issued, MAX_TOKEN_LIFETIME_SECS, OtherClient, Owner, RefreshError, Revoked, TokenInfo, Tokens,
+    Unusable,
 };
 use crate::{ApiMode, DiscoveryDocument, Failure, RefreshTokenUsage, TokenRequestRecord};
 
@@ -27,6 +30,8 @@ pub(crate) struct Settings {
     pub(crate) clients: Vec<(String, String)>,
     /// Extension grant types and the form field each requires.
     pub(crate) extension_grants: Vec<(String, String)>,
+    /// Whether the `delegation` grant is served.
+    pub(crate) delegation_grant: bool,
     /// User names and passwords.
     pub(crate) users: Vec<(String, String)>,
     pub(crate) token_lifetime: Duration,
@@ -58,15 +63,22 @@ struct Activity {
     requests: AtomicUsize,
     /// Requests with `grant_type=refresh_token`, whatever their outcome.
     refreshes: AtomicUsize,
+    /// Requests for the token exchange or the delegation grant, whatever their outcome.
+    exchanges: AtomicUsize,
     last: Mutex<Option<TokenRequestRecord>>,
 }
 
 impl Activity {
     fn record(&self, record: TokenRequestRecord) {
-        let refresh = record.field("grant_type") == Some("refresh_token");
+        let grant_type = record.field("grant_type");
+        let refresh = grant_type == Some("refresh_token");
+        let exchange = grant_type.is_some_and(exchange::is_exchange_grant_type);
         *lock(&self.last) = Some(record);
         if refresh {
             self.refreshes.fetch_add(1, Ordering::SeqCst);
+        }
+        if exchange {
+            self.exchanges.fetch_add(1, Ordering::SeqCst);
         }
         self.requests.fetch_add(1, Ordering::SeqCst);
     }
@@ -91,6 +103,13 @@ pub(crate) struct State {
     api_mode: Mutex<ApiMode>,
     /// Extension grant types and the form field each requires; fixed at start.
     extension_grants: HashMap<String, String>,
+    /// Whether the `delegation` grant is served; fixed at start.
+    delegation_grant: bool,
+    /// Signs the JWT access tokens this server issues.
+    signing_key: SigningKey,
+    /// `issued_token_type` values the next successful token exchanges answer instead of the
+    /// true one.
+    misreported_token_types: Mutex<VecDeque<String>>,
     /// Wakes `wait_for_token_requests` callers after each counted token request.
     token_request_seen: Notify,
     token_lifetime_nanos: AtomicU64,
@@ -102,6 +121,7 @@ pub(crate) struct State {
     revocation_requests: AtomicUsize,
     last_revocation_request: Mutex<Option<TokenRequestRecord>>,
     revocation_failures: Mutex<VecDeque<Failure>>,
+    introspection_requests: AtomicUsize,
     issuer: String,
     scopes_supported: Vec<String>,
     serve_openid_configuration: bool,
@@ -139,6 +159,9 @@ impl State {
             requests_with_authorization: AtomicUsize::new(0),
             api_mode: Mutex::new(settings.api_mode),
             extension_grants: settings.extension_grants.into_iter().collect(),
+            delegation_grant: settings.delegation_grant,
+            signing_key: SigningKey::random(),
+            misreported_token_types: Mutex::default(),
             token_request_seen: Notify::new(),
             token_lifetime_nanos: AtomicU64::new(nanos(settings.token_lifetime)),
             delay_nanos: AtomicU64::new(nanos(settings.delay)),
@@ -149,6 +172,7 @@ impl State {
             revocation_requests: AtomicUsize::new(0),
             last_revocation_request: Mutex::default(),
             revocation_failures: Mutex::default(),
+            introspection_requests: AtomicUsize::new(0),
             scopes_supported: settings.scopes_supported,
             serve_openid_configuration: settings.serve_openid_configuration,
             discovery_requests: Default::default(),
@@ -193,6 +217,15 @@ impl State {
             None => lock(&self.strangers)
                 .get(client_id)
                 .map_or(0, |activity| activity.refreshes.load(Ordering::SeqCst)),
+        }
+    }
+
+    pub(crate) fn exchange_requests(&self, client_id: &str) -> usize {
+        match self.clients.get(client_id) {
+            Some(client) => client.activity.exchanges.load(Ordering::SeqCst),
+            None => lock(&self.strangers)
+                .get(client_id)
+                .map_or(0, |activity| activity.exchanges.load(Ordering::SeqCst)),
         }
     }
 
@@ -276,6 +309,19 @@ impl State {
         self.extension_grants.get(grant_type).map(String::as_str)
     }
 
+    /// Whether the `delegation` grant is served.
+    pub(crate) fn delegation_grant(&self) -> bool {
+        self.delegation_grant
+    }
+
+    pub(crate) fn push_misreported_token_type(&self, issued_token_type: String) {
+        lock(&self.misreported_token_types).push_back(issued_token_type);
+    }
+
+    pub(crate) fn pop_misreported_token_type(&self) -> Option<String> {
+        lock(&self.misreported_token_types).pop_front()
+    }
+
     pub(crate) fn push_failure(&self, failure: Failure) {
         lock(&self.failures).push_back(failure);
     }
@@ -307,12 +353,53 @@ impl State {
     /// `expires_in`.
     pub(crate) fn issue_client_token(&self, client_id: &str, scope: Option<&str>) -> (String, u64) {
         let expires_in = self.expires_in();
-        let owner = Owner {
-            client_id: client_id.to_owned(),
-            user: None,
-            scope: scope.map(str::to_owned),
-        };
+        let owner = Owner::client(client_id, scope);
         let token = lock(&self.tokens).issue(owner, None, expires_in, unix_now());
+        (token, expires_in)
+    }
+
+    /// Issues a user's JWT access token to `client_id`, living `lifetime` (whole seconds) from
+    /// now whatever the server's token lifetime; empty `audience` or `scope` leave their claim
+    /// out.
+    pub(crate) fn issue_user_jwt(
+        &self,
+        client_id: &str,
+        user: &str,
+        audience: &str,
+        scope: &str,
+        lifetime: Duration,
+    ) -> String {
+        let mut owner = Owner::user(client_id, user, Some(scope).filter(|s| !s.is_empty()));
+        if !audience.is_empty() {
+            owner.audience.push(audience.to_owned());
+        }
+        let lifetime_secs = lifetime.as_secs();
+        lock(&self.tokens).issue_jwt(
+            &self.signing_key,
+            &self.issuer,
+            owner,
+            lifetime_secs,
+            unix_now(),
+        )
+    }
+
+    /// Issues the token a token exchange (or the delegation grant) answers, of the requested
+    /// type, with the server's token lifetime; returns it with its `expires_in`.
+    pub(crate) fn issue_exchanged(
+        &self,
+        owner: Owner,
+        token_type: RequestedTokenType,
+    ) -> (String, u64) {
+        let expires_in = self.expires_in();
+        let now = unix_now();
+        let mut tokens = lock(&self.tokens);
+        let token = match token_type {
+            RequestedTokenType::AccessToken => tokens.issue(owner, None, expires_in, now),
+            RequestedTokenType::Jwt => {
+                tokens.issue_jwt(&self.signing_key, &self.issuer, owner, expires_in, now)
+            }
+            RequestedTokenType::IdToken => tokens.issue_not_applicable(owner, expires_in, now),
+        };
         (token, expires_in)
     }
 
@@ -356,6 +443,21 @@ impl State {
         lock(&self.tokens).validate(token, unix_now())
     }
 
+    /// Whom an access token belongs to, or why it is not a usable one now.
+    pub(crate) fn check_access_token(&self, token: &str) -> Result<Owner, Unusable> {
+        lock(&self.tokens).check_access_token(token, unix_now())
+    }
+
+    /// What introspection reports of a token, if it is live.
+    pub(crate) fn introspect(&self, token: &str) -> Option<TokenInfo> {
+        lock(&self.tokens).introspect(token, unix_now())
+    }
+
+    /// Revokes one token, whoever it was issued to (a refresh token with its family).
+    pub(crate) fn revoke_token(&self, token: &str) -> Revoked {
+        lock(&self.tokens).revoke_any(token)
+    }
+
     pub(crate) fn revoke_all(&self) {
         lock(&self.tokens).clear();
     }
@@ -396,6 +498,16 @@ impl State {
 
     pub(crate) fn pop_revocation_failure(&self) -> Option<Failure> {
         lock(&self.revocation_failures).pop_front()
+    }
+
+    // --- introspection ---
+
+    pub(crate) fn count_introspection_request(&self) {
+        self.introspection_requests.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn introspection_requests(&self) -> usize {
+        self.introspection_requests.load(Ordering::SeqCst)
     }
 
     // --- discovery ---

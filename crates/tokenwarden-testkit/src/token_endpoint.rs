@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::body::{self, ReadBodyError, ResponseBody};
 use crate::client_auth::FormRequest;
+use crate::exchange::{self, DELEGATION, TOKEN_EXCHANGE};
 use crate::failure;
 use crate::oauth_error::OAuthError;
 use crate::server::Disconnect;
@@ -70,8 +71,8 @@ pub(crate) async fn handle(
     })
 }
 
-/// The grants this server supports. A new built-in grant (token exchange, say) is a new variant
-/// here plus an arm in [`answer`].
+/// The grants this server supports. A new built-in grant is a new variant here plus an arm in
+/// [`answer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Grant<'s> {
     ClientCredentials,
@@ -79,6 +80,10 @@ enum Grant<'s> {
     /// without a browser.
     Password,
     RefreshToken,
+    /// Token exchange (RFC 8693), always served.
+    TokenExchange,
+    /// The `delegation` extension grant, served when `TestServerBuilder::delegation_grant` says.
+    Delegation,
     /// A grant type registered with `TestServerBuilder::extension_grant`, which issues a token
     /// like client credentials once its required form field is present.
     Extension {
@@ -93,6 +98,8 @@ impl<'s> Grant<'s> {
             "client_credentials" => Some(Self::ClientCredentials),
             "password" => Some(Self::Password),
             "refresh_token" => Some(Self::RefreshToken),
+            TOKEN_EXCHANGE => Some(Self::TokenExchange),
+            DELEGATION if state.delegation_grant() => Some(Self::Delegation),
             other => state
                 .extension_grant(other)
                 .map(|required_param| Self::Extension { required_param }),
@@ -116,6 +123,8 @@ fn answer(state: &State, request: &FormRequest) -> Result<Response<ResponseBody>
     let scope = request.non_empty_field("scope");
     match grant {
         Grant::ClientCredentials => Ok(client_token(state, client_id, request)),
+        Grant::TokenExchange => exchange::token_exchange(state, client_id, request),
+        Grant::Delegation => exchange::delegation(state, client_id, request),
         Grant::Extension { required_param } => {
             if request.non_empty_field(required_param).is_none() {
                 return Err(OAuthError::invalid_request(format!(

@@ -6,7 +6,10 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use crate::RefreshTokenUsage;
+use crate::jwt::SigningKey;
 use crate::refresh::{Expired, RefreshPolicy};
 
 /// The longest lifetime an access token gets, in seconds (about a century): longer lifetimes
@@ -28,14 +31,89 @@ fn is_live(exp: u64, now: Duration) -> bool {
     now.as_secs() < exp
 }
 
-/// Whom an access token was issued to, as the protected API reports it.
+/// Whom an access token was issued to and for, as the protected API and introspection report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Owner {
+    /// The client the token was issued to: for an exchanged token, the client that exchanged.
     pub(crate) client_id: String,
-    /// The signed-in user, for tokens from the password or refresh token grant.
+    /// The token's subject (`sub`): the user of a user's token, the client of a client's own
+    /// token, and for an exchanged token the subject of the token it was exchanged for.
+    pub(crate) sub: String,
+    /// The signed-in user, for a user's token and for tokens exchanged for one.
     pub(crate) user: Option<String>,
     /// The scope granted with the token, if any.
     pub(crate) scope: Option<String>,
+    /// The audiences the token is for (`aud`), in the order they were asked for; often none.
+    pub(crate) audience: Vec<String>,
+    /// Who acts for the subject (`act`, RFC 8693 §4.1), for exchanged tokens only.
+    pub(crate) actor: Option<Actor>,
+}
+
+impl Owner {
+    /// A client's own token (client credentials, extension grants): the client is the subject.
+    pub(crate) fn client(client_id: &str, scope: Option<&str>) -> Self {
+        Self {
+            client_id: client_id.to_owned(),
+            sub: client_id.to_owned(),
+            user: None,
+            scope: scope.map(str::to_owned),
+            audience: Vec::new(),
+            actor: None,
+        }
+    }
+
+    /// A user's token, issued to `client_id`.
+    pub(crate) fn user(client_id: &str, user: &str, scope: Option<&str>) -> Self {
+        Self {
+            client_id: client_id.to_owned(),
+            sub: user.to_owned(),
+            user: Some(user.to_owned()),
+            scope: scope.map(str::to_owned),
+            audience: Vec::new(),
+            actor: None,
+        }
+    }
+}
+
+/// The party acting for a token's subject: the `act` claim of RFC 8693 §4.1, with the actors
+/// before it nested inside, most recent first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Actor {
+    /// The actor's subject: a client id, or a user for an actor token of a user.
+    pub(crate) sub: String,
+    /// The actor of the token this one was exchanged for, if that was exchanged too.
+    pub(crate) prior: Option<Box<Actor>>,
+}
+
+impl Actor {
+    /// `{"sub": .., "act": {..}}`, as the claim is written.
+    pub(crate) fn to_json(&self) -> Value {
+        let mut claim = json!({ "sub": self.sub });
+        if let Some(prior) = &self.prior {
+            claim["act"] = prior.to_json();
+        }
+        claim
+    }
+}
+
+/// The `token_type` of an issued token (RFC 6749 §7.1, RFC 8693 §2.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenType {
+    /// An access token, accepted by the protected API and as a subject or actor token.
+    Bearer,
+    /// `N_A`: a token that is not an access token (an ID token from a token exchange), accepted
+    /// nowhere, only introspected.
+    NotApplicable,
+}
+
+impl TokenType {
+    /// The `token_type` value of a token response.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Bearer => "Bearer",
+            Self::NotApplicable => "N_A",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -43,8 +121,31 @@ struct AccessToken {
     owner: Owner,
     /// The family of a user's token, so revoking the family revokes it.
     family: Option<u64>,
+    token_type: TokenType,
+    /// Unix seconds, as a JWT's `iat` claim.
+    iat: u64,
     /// Unix seconds, as a JWT's `exp` claim.
     exp: u64,
+}
+
+/// A live token as introspection (RFC 7662) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TokenInfo {
+    pub(crate) owner: Owner,
+    pub(crate) token_type: TokenType,
+    pub(crate) iat: u64,
+    pub(crate) exp: u64,
+}
+
+/// Why a token is not accepted where an access token is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unusable {
+    /// Never issued by this server, or revoked.
+    Unknown,
+    /// Issued, and past its `exp`.
+    Expired,
+    /// Live, but not an access token (`token_type` `N_A`).
+    NotAccessToken,
 }
 
 #[derive(Debug)]
@@ -152,10 +253,93 @@ impl Tokens {
         now: Duration,
     ) -> String {
         let token = self.random_token("tk_");
-        let exp = expiry(now, lifetime_secs);
-        self.access
-            .insert(token.clone(), AccessToken { owner, family, exp });
+        self.store(
+            token.clone(),
+            owner,
+            family,
+            TokenType::Bearer,
+            lifetime_secs,
+            now,
+        );
         token
+    }
+
+    /// Issues an opaque token (`it_…`) with `token_type` `N_A`: not an access token, so neither
+    /// the API nor the token endpoint accepts it; only introspection knows it.
+    pub(crate) fn issue_not_applicable(
+        &mut self,
+        owner: Owner,
+        lifetime_secs: u64,
+        now: Duration,
+    ) -> String {
+        let token = self.random_token("it_");
+        let token_type = TokenType::NotApplicable;
+        self.store(token.clone(), owner, None, token_type, lifetime_secs, now);
+        token
+    }
+
+    /// Issues an access token as a JWT signed with `key`, whose claims say what the store
+    /// knows: `iss`, `sub`, `aud` (one string, or an array of several, left out when empty),
+    /// `scope`, `client_id`, `iat` and `exp` (whole seconds, see [`expiry`]), `jti`, and `act`
+    /// for an exchanged token.
+    pub(crate) fn issue_jwt(
+        &mut self,
+        key: &SigningKey,
+        issuer: &str,
+        owner: Owner,
+        lifetime_secs: u64,
+        now: Duration,
+    ) -> String {
+        let iat = now.as_secs();
+        let exp = expiry(now, lifetime_secs);
+        let mut claims = json!({
+            "iss": issuer,
+            "sub": owner.sub,
+            "client_id": owner.client_id,
+            "iat": iat,
+            "exp": exp,
+            "jti": self.random_token(""),
+        });
+        match owner.audience.as_slice() {
+            [] => {}
+            [audience] => claims["aud"] = audience.as_str().into(),
+            audiences => claims["aud"] = audiences.into(),
+        }
+        if let Some(scope) = &owner.scope {
+            claims["scope"] = scope.as_str().into();
+        }
+        if let Some(actor) = &owner.actor {
+            claims["act"] = actor.to_json();
+        }
+        let token = key.sign(&claims);
+        self.store(
+            token.clone(),
+            owner,
+            None,
+            TokenType::Bearer,
+            lifetime_secs,
+            now,
+        );
+        token
+    }
+
+    fn store(
+        &mut self,
+        token: String,
+        owner: Owner,
+        family: Option<u64>,
+        token_type: TokenType,
+        lifetime_secs: u64,
+        now: Duration,
+    ) {
+        let access = AccessToken {
+            owner,
+            family,
+            token_type,
+            iat: now.as_secs(),
+            exp: expiry(now, lifetime_secs),
+        };
+        self.access.insert(token, access);
     }
 
     /// Signs `user` in to `client_id` at `now`: a new family, its first access token and its
@@ -181,11 +365,7 @@ impl Tokens {
             },
         );
         let refresh_token = self.new_refresh_token(family);
-        let owner = Owner {
-            client_id: client_id.to_owned(),
-            user: Some(user.to_owned()),
-            scope: scope.map(str::to_owned),
-        };
+        let owner = Owner::user(client_id, user, scope);
         Issued {
             access_token: self.issue(owner, Some(family), lifetime_secs, now),
             expires_in: lifetime_secs.min(MAX_TOKEN_LIFETIME_SECS),
@@ -239,11 +419,7 @@ impl Tokens {
             Some(requested) => Some(requested.to_owned()),
             None => family.scope.clone(),
         };
-        let owner = Owner {
-            client_id: family.client_id.clone(),
-            user: Some(family.user.clone()),
-            scope: scope.clone(),
-        };
+        let owner = Owner::user(&family.client_id, &family.user, scope.as_deref());
         if let Some(family) = self.families.get_mut(&family_id) {
             family.last_used_at = now;
         }
@@ -277,12 +453,25 @@ impl Tokens {
     /// it, as most servers do; an access token goes alone. Both kinds are looked up, whatever the
     /// client's `token_type_hint` (RFC 7009 §2.1 lets the server search beyond the hint).
     pub(crate) fn revoke(&mut self, client_id: &str, token: &str) -> Result<Revoked, OtherClient> {
+        self.revoke_as(Some(client_id), token)
+    }
+
+    /// Revokes `token` whoever it was issued to, as [`revoke`](Self::revoke) would for its
+    /// client: for tests, which act as the server's administrator.
+    pub(crate) fn revoke_any(&mut self, token: &str) -> Revoked {
+        // Without a client to compare, no token belongs to another client.
+        self.revoke_as(None, token).unwrap_or(Revoked::Nothing)
+    }
+
+    /// Revokes `token` if it belongs to `client_id`, or to anyone when `client_id` is `None`.
+    fn revoke_as(&mut self, client_id: Option<&str>, token: &str) -> Result<Revoked, OtherClient> {
+        let other_client = |owner: &str| client_id.is_some_and(|client_id| client_id != owner);
         if let Some(refresh) = self.refresh.get(token) {
             let family = refresh.family;
             let Some(owner) = self.families.get(&family).map(|f| f.client_id.as_str()) else {
                 return Ok(Revoked::Nothing);
             };
-            if owner != client_id {
+            if other_client(owner) {
                 return Err(OtherClient);
             }
             self.revoke_family(family);
@@ -290,7 +479,7 @@ impl Tokens {
         }
         match self.access.get(token) {
             None => Ok(Revoked::Nothing),
-            Some(access) if access.owner.client_id != client_id => Err(OtherClient),
+            Some(access) if other_client(&access.owner.client_id) => Err(OtherClient),
             Some(_) => {
                 self.access.remove(token);
                 Ok(Revoked::AccessToken)
@@ -300,8 +489,32 @@ impl Tokens {
 
     /// Whom an access token belongs to, if it is known, unexpired at `now` and not revoked.
     pub(crate) fn validate(&self, token: &str, now: Duration) -> Option<Owner> {
+        self.check_access_token(token, now).ok()
+    }
+
+    /// Whom an access token belongs to, or why it cannot be used as one at `now`: the rules of
+    /// the protected API, also applied to subject and actor tokens.
+    pub(crate) fn check_access_token(&self, token: &str, now: Duration) -> Result<Owner, Unusable> {
+        let access = self.access.get(token).ok_or(Unusable::Unknown)?;
+        if !is_live(access.exp, now) {
+            return Err(Unusable::Expired);
+        }
+        match access.token_type {
+            TokenType::Bearer => Ok(access.owner.clone()),
+            TokenType::NotApplicable => Err(Unusable::NotAccessToken),
+        }
+    }
+
+    /// What introspection says of a token: anything this server issued that is live at `now`
+    /// and not revoked, `N_A` tokens included; `None` for the rest (refresh tokens too).
+    pub(crate) fn introspect(&self, token: &str, now: Duration) -> Option<TokenInfo> {
         let access = self.access.get(token)?;
-        is_live(access.exp, now).then(|| access.owner.clone())
+        is_live(access.exp, now).then(|| TokenInfo {
+            owner: access.owner.clone(),
+            token_type: access.token_type,
+            iat: access.iat,
+            exp: access.exp,
+        })
     }
 
     /// Revokes every token issued so far.
@@ -540,6 +753,106 @@ mod tests {
         assert_eq!(tokens.validate(&next.access_token, at(1001, 0)), None);
         assert_eq!(tokens.revoke("web", &refresh), Ok(Revoked::Nothing));
         assert_eq!(tokens.revoke("web", "tk_unknown"), Ok(Revoked::Nothing));
+    }
+
+    #[test]
+    fn access_token_checks_say_why_a_token_is_unusable() {
+        let mut tokens = Tokens::new();
+        let owner = Owner::user("web", "ann", Some("a"));
+        let live = tokens.issue(owner.clone(), None, 60, at(1000, 0));
+        assert_eq!(
+            tokens.check_access_token(&live, at(1059, 999)),
+            Ok(owner.clone())
+        );
+        assert_eq!(
+            tokens.check_access_token(&live, at(1060, 0)),
+            Err(Unusable::Expired)
+        );
+        assert_eq!(
+            tokens.check_access_token("tk_unknown", at(1000, 0)),
+            Err(Unusable::Unknown)
+        );
+        let id_token = tokens.issue_not_applicable(owner.clone(), 60, at(1000, 0));
+        assert!(id_token.starts_with("it_"), "{id_token}");
+        assert_eq!(
+            tokens.check_access_token(&id_token, at(1000, 0)),
+            Err(Unusable::NotAccessToken)
+        );
+        assert_eq!(tokens.validate(&id_token, at(1000, 0)), None);
+        // Introspection knows both while they live, and neither afterwards.
+        let info = tokens.introspect(&id_token, at(1000, 500)).unwrap();
+        assert_eq!(info.token_type, TokenType::NotApplicable);
+        assert_eq!((info.iat, info.exp), (1000, 1060));
+        assert_eq!(
+            tokens.introspect(&live, at(1001, 0)).unwrap().token_type,
+            TokenType::Bearer
+        );
+        assert_eq!(tokens.introspect(&live, at(1060, 0)), None);
+        // Refresh tokens are not introspected.
+        let refresh = tokens
+            .sign_in("web", "ann", None, 60, at(1000, 0))
+            .refresh_token
+            .unwrap();
+        assert_eq!(tokens.introspect(&refresh, at(1000, 0)), None);
+    }
+
+    #[test]
+    fn jwts_carry_the_owner_as_claims_and_are_stored_like_any_access_token() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+        let claims_of = |token: &str| -> Value {
+            let payload = token.split('.').nth(1).unwrap();
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+        };
+        let mut tokens = Tokens::new();
+        let key = SigningKey::random();
+        let mut owner = Owner::user("web-app", "ann", Some("api1"));
+        owner.audience.push("api1".to_owned());
+        let token = tokens.issue_jwt(&key, "https://idp", owner.clone(), 60, at(1000, 700));
+        let claims = claims_of(&token);
+        assert_eq!(claims["iss"], "https://idp");
+        assert_eq!(claims["sub"], "ann");
+        assert_eq!(claims["aud"], "api1");
+        assert_eq!(claims["scope"], "api1");
+        assert_eq!(claims["client_id"], "web-app");
+        assert_eq!(claims["iat"], 1000);
+        assert_eq!(claims["exp"], 1060);
+        assert_eq!(claims["jti"].as_str().unwrap().len(), 32);
+        assert!(claims.get("act").is_none());
+        assert_eq!(tokens.validate(&token, at(1059, 0)), Some(owner.clone()));
+        assert_eq!(tokens.validate(&token, at(1060, 0)), None);
+
+        // Several audiences are an array; an actor is an `act` claim; no scope, no claim.
+        let exchanged = Owner {
+            client_id: "api1".to_owned(),
+            audience: vec!["api2".to_owned(), "https://api2.example/".to_owned()],
+            scope: None,
+            actor: Some(Actor {
+                sub: "api1".to_owned(),
+                prior: None,
+            }),
+            ..owner
+        };
+        let claims = claims_of(&tokens.issue_jwt(&key, "https://idp", exchanged, 60, at(1000, 0)));
+        assert_eq!(claims["aud"], json!(["api2", "https://api2.example/"]));
+        assert_eq!(claims["act"], json!({ "sub": "api1" }));
+        assert_eq!(claims["client_id"], "api1");
+        assert!(claims.get("scope").is_none());
+    }
+
+    #[test]
+    fn revoke_any_ignores_the_owner_and_takes_families_along() {
+        let mut tokens = Tokens::new();
+        let signed_in = tokens.sign_in("web", "ann", None, 60, at(1000, 0));
+        let client = tokens.issue(Owner::client("svc", None), None, 60, at(1000, 0));
+        assert_eq!(tokens.revoke_any(&client), Revoked::AccessToken);
+        assert_eq!(tokens.validate(&client, at(1000, 0)), None);
+        let refresh = signed_in.refresh_token.unwrap();
+        assert_eq!(tokens.revoke_any(&refresh), Revoked::Family);
+        assert_eq!(tokens.validate(&signed_in.access_token, at(1000, 0)), None);
+        assert_eq!(tokens.revoke_any(&refresh), Revoked::Nothing);
+        assert_eq!(tokens.revoke_any("tk_unknown"), Revoked::Nothing);
     }
 
     #[test]

@@ -15,6 +15,7 @@ async fn both_well_known_paths_serve_the_same_rfc8414_metadata() {
     let server = TestServer::builder()
         .client("web", "web-secret")
         .extension_grant("urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion")
+        .delegation_grant()
         .scopes_supported(&["openid", "orders"])
         .start()
         .await
@@ -38,10 +39,14 @@ async fn both_well_known_paths_serve_the_same_rfc8414_metadata() {
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint": server.revocation_endpoint(),
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint": server.introspection_endpoint(),
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "grant_types_supported": [
             "client_credentials",
             "password",
             "refresh_token",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+            "delegation",
             "urn:ietf:params:oauth:grant-type:jwt-bearer",
         ],
         "response_types_supported": ["code"],
@@ -76,6 +81,14 @@ async fn both_well_known_paths_serve_the_same_rfc8414_metadata() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
+    let reply = http
+        .post_form(
+            metadata["introspection_endpoint"].as_str().unwrap(),
+            Auth::Post("web", "web-secret"),
+            &[("token", "tk_unknown")],
+        )
+        .await;
+    assert_eq!(reply.json(), json!({ "active": false }));
 }
 
 #[tokio::test]
@@ -88,7 +101,38 @@ async fn scopes_supported_is_left_out_unless_configured() {
     assert!(metadata.get("scopes_supported").is_none(), "{metadata}");
     assert_eq!(
         metadata["grant_types_supported"],
-        json!(["client_credentials", "password", "refresh_token"])
+        json!([
+            "client_credentials",
+            "password",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:token-exchange"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn delegation_is_listed_once_even_when_also_registered_as_an_extension_grant() {
+    let server = TestServer::builder()
+        .extension_grant("delegation", "token")
+        .extension_grant("urn:example:grant", "ticket")
+        .delegation_grant()
+        .start()
+        .await
+        .unwrap();
+    let metadata = Http::new()
+        .get(&server.discovery_url(DiscoveryDocument::OpenIdConfiguration))
+        .await
+        .json();
+    assert_eq!(
+        metadata["grant_types_supported"],
+        json!([
+            "client_credentials",
+            "password",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+            "delegation",
+            "urn:example:grant"
+        ])
     );
 }
 
