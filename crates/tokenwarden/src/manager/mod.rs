@@ -9,6 +9,7 @@
 mod renewal;
 mod shared;
 mod slot;
+mod slot_map;
 mod source;
 mod time;
 mod users;
@@ -30,6 +31,7 @@ use tracing::Instrument;
 
 pub use renewal::RetryPolicy;
 pub(crate) use slot::{Entry, Slot, TokenView};
+use slot_map::SlotMap;
 
 use renewal::{Stop, Timing};
 use shared::{Found, SharedTier};
@@ -87,7 +89,7 @@ struct Inner {
     namespace: String,
     max_cached_tokens: usize,
     /// Slots for per-request parameters; each client's default slot lives in its `NamedClient`.
-    slots: Mutex<HashMap<CacheKey, Arc<Slot>>>,
+    slots: Mutex<SlotMap<CacheKey>>,
     next_entry_id: AtomicU64,
     counters: Counters,
 }
@@ -122,7 +124,7 @@ pub(crate) struct NamedClient {
     /// The slot of the client's configured token (unused by a user client).
     pub(crate) default_slot: Arc<Slot>,
     /// A user client's slots, one per user seen lately.
-    users: Mutex<HashMap<UserKey, Arc<Slot>>>,
+    users: Mutex<SlotMap<UserKey>>,
 }
 
 /// Whose tokens a client gets, which decides what a request for one must carry.
@@ -472,7 +474,7 @@ impl TokenManagerBuilder {
                 grant: source.grant_type().into(),
                 source,
                 default_slot: Arc::new(Slot::new(key, params)),
-                users: Mutex::new(HashMap::new()),
+                users: Mutex::new(SlotMap::new()),
             });
             if clients.insert(name.clone(), client).is_some() {
                 return Err(Error::Config(format!(
@@ -511,7 +513,7 @@ impl TokenManagerBuilder {
                 rejection_backoff: self.rejection_backoff,
                 namespace: self.namespace,
                 max_cached_tokens: self.max_cached_tokens,
-                slots: Mutex::new(HashMap::new()),
+                slots: Mutex::new(SlotMap::new()),
                 next_entry_id: AtomicU64::new(1),
                 counters: Counters::default(),
             }),
@@ -618,13 +620,19 @@ impl TokenManager {
             .user_key(&self.inner.namespace, &client.name, user))
     }
 
-    /// Drops every token held in this process's memory (not the shared cache): the next call
-    /// goes to the shared cache or the token endpoint.
+    /// Drops every token held in this process's memory, clients' own, per-request, per-subject
+    /// and users' access tokens alike (not the shared cache nor the user token store): the next
+    /// call goes to the shared cache, the store or the token endpoint.
     pub fn purge_local(&self) {
         for client in self.inner.clients.values() {
             client.default_slot.clear();
+            for slot in lock(&client.users).drain() {
+                slot.clear();
+            }
         }
-        lock(&self.inner.slots).clear();
+        for slot in lock(&self.inner.slots).drain() {
+            slot.clear();
+        }
     }
 
     /// What this manager has done so far.
@@ -784,26 +792,15 @@ impl TokenManager {
     pub(crate) fn user_slot(&self, client: &NamedClient, user: &UserKey) -> Arc<Slot> {
         let mut slots = lock(&client.users);
         if let Some(slot) = slots.get(user) {
-            return slot.clone();
+            return slot;
         }
-        if slots.len() >= self.inner.max_cached_tokens.max(1) {
-            // Users seen lately stay; the others' tokens are still in the store.
-            let now = self.now();
-            slots.retain(|_, slot| Arc::strong_count(slot) > 1 || !slot.is_idle(now));
-            if slots.len() >= self.inner.max_cached_tokens.max(1)
-                && let Some(first_due) = slots
-                    .iter()
-                    .min_by_key(|(_, slot)| slot.renew_at())
-                    .map(|(user, _)| user.clone())
-            {
-                slots.remove(&first_due);
-            }
-        }
+        // Users seen lately stay; the others' tokens are still in the store.
         let key = client
             .source
             .user_key(&self.inner.namespace, &client.name, user);
         let slot = Arc::new(Slot::new(key, TokenParams::new()));
-        slots.insert(user.clone(), slot.clone());
+        let max = self.inner.max_cached_tokens.max(1);
+        slots.insert(user.clone(), slot.clone(), max, self.now());
         slot
     }
 
@@ -876,15 +873,10 @@ impl TokenManager {
             .cache_key(&self.inner.namespace, &client.name, params);
         let mut slots = lock(&self.inner.slots);
         if let Some(slot) = slots.get(&key) {
-            return slot.clone();
-        }
-        if slots.len() >= self.inner.max_cached_tokens {
-            self.evict(&mut slots);
+            return slot;
         }
         let slot = Arc::new(Slot::new(key.clone(), params.clone()));
-        if self.inner.max_cached_tokens > 0 {
-            slots.insert(key, slot.clone());
-        }
+        slots.insert(key, slot.clone(), self.inner.max_cached_tokens, self.now());
         slot
     }
 
@@ -895,26 +887,7 @@ impl TokenManager {
         let key = client
             .source
             .cache_key(&self.inner.namespace, &client.name, params);
-        lock(&self.inner.slots).get(&key).cloned()
-    }
-
-    /// Keeps the per-request slots within bounds: first drop the ones holding nothing usable that
-    /// nobody is using, then the one due for renewal first.
-    fn evict(&self, slots: &mut HashMap<CacheKey, Arc<Slot>>) {
-        let now = self.now();
-        slots.retain(|_, slot| Arc::strong_count(slot) > 1 || !slot.is_idle(now));
-        while slots.len() >= self.inner.max_cached_tokens.max(1) {
-            let first_due = slots
-                .iter()
-                .min_by_key(|(_, slot)| slot.renew_at())
-                .map(|(k, _)| k.clone());
-            match first_due {
-                Some(key) => {
-                    slots.remove(&key);
-                }
-                None => break,
-            }
-        }
+        lock(&self.inner.slots).peek(&key)
     }
 
     /// A token of `slot` that may be sent: the current one, unless it is unusable or `force`.

@@ -370,11 +370,6 @@ impl Slot {
             .as_ref()
             .is_none_or(|e| matches!(e.freshness(now), Freshness::Unusable))
     }
-
-    /// When the current token is due, for evicting the one due first.
-    pub(crate) fn renew_at(&self) -> Option<SystemTime> {
-        self.current.load().as_ref().map(|e| e.cached.renew_at())
-    }
 }
 
 /// A slot's current token, as a [`TokenView`] reads it.
