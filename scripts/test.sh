@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs tokenwarden's whole test suite: unit, integration (real loopback HTTP, real
-# redis-server processes, multi-process replicas), doc tests, and the examples and
-# benchmarks compiled, and the dependency policy (deny.toml). Installs what it needs
-# (redis-server, cargo-deny) when it is missing.
+# redis-server processes, multi-process replicas, oidc-provider interop), doc tests, the
+# examples and benchmarks compiled, the examples run, and the dependency policy (deny.toml).
+# Installs what it needs (redis-server, cargo-deny, the interop server's npm packages) when
+# it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,5 +71,11 @@ cargo deny --locked check bans licenses sources
 
 # Examples and benchmarks must keep compiling.
 cargo build --workspace --locked --all-features --examples --benches
+# The examples need no outside service (redis_replicas starts its own redis-server) and check
+# what they show: they must run, too.
+for example in quickstart web_app middle_tier metrics_prometheus redis_replicas; do
+  echo "test.sh: running example $example" >&2
+  cargo run --locked --all-features --quiet --example "$example" >/dev/null
+done
 # The tests start their own redis-server on free ports; the machine's 6379 is never used.
 cargo test --workspace --locked --all-features --no-fail-fast
