@@ -78,7 +78,8 @@ pub enum Error {
     /// The subject token cannot be exchanged: it expired (by its `exp` claim), or the server
     /// refused it (`invalid_grant`: expired, revoked, not for this client). The caller's
     /// credentials are at fault: a middle tier answers its caller 401, as it would for a token
-    /// it rejected itself.
+    /// it rejected itself. (`invalid_grant` does not say which token was refused: a configured
+    /// actor token the server refuses is reported here too.)
     #[error("client `{client}` cannot exchange the subject token: {reason}")]
     SubjectTokenRejected {
         /// The client's name.

@@ -105,7 +105,9 @@ impl<P> AccessTokenLayerBuilder<P> {
         }
     }
 
-    /// Builds the layer: fails for an unknown client, an invalid origin, or no allowed origin at all.
+    /// Builds the layer: fails for an unknown client, an invalid origin, no allowed origin at all,
+    /// or a [`subject_token_from`](Self::subject_token_from) function for a client that
+    /// exchanges no subject token.
     pub fn build(self) -> Result<AccessTokenLayer<P>, Error> {
         let client = self.manager.client(&self.client)?;
         if self.subject_from.is_some() && !client.needs_subject_token() {

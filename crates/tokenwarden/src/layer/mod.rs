@@ -21,7 +21,12 @@
 //! type (`Incoming`, `BoxBody`, a stream).
 //!
 //! Which token a request gets: the layer's client, with the [`TokenParams`](crate::TokenParams)
-//! the request carries in its extensions, if any (scope, resource, force renewal).
+//! the request carries in its extensions, if any (scope, resource, force renewal). For a user
+//! client, the [`UserKey`](crate::UserKey) in its extensions names the user; for a client that
+//! exchanges its caller's token, the [`SubjectToken`](crate::SubjectToken) (in its
+//! `TokenParams`, in its extensions, or found by
+//! [`subject_token_from`](AccessTokenLayerBuilder::subject_token_from)) names the caller. A
+//! request that needs one and has none fails and is not sent.
 //!
 //! # Redirects
 //!

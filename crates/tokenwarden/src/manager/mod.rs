@@ -304,7 +304,10 @@ impl fmt::Debug for TokenManagerBuilder {
 impl TokenManagerBuilder {
     /// Registers a client under `name`: its tokens come from `grant`
     /// ([`ClientCredentials`](crate::ClientCredentials), an
-    /// [`ExtensionGrant`](crate::ExtensionGrant), or your own [`Grant`]).
+    /// [`ExtensionGrant`](crate::ExtensionGrant), [`TokenExchange`](crate::TokenExchange), or
+    /// your own [`Grant`]). A grant that [needs a subject token](Grant::needs_subject_token)
+    /// gets one token per subject, each request bringing its
+    /// [`SubjectToken`](crate::SubjectToken).
     pub fn client(mut self, name: &str, grant: impl Grant) -> Self {
         self.clients.push((name.to_owned(), Source::grant(grant)));
         self
@@ -398,8 +401,10 @@ impl TokenManagerBuilder {
         self
     }
 
-    /// How many tokens with per-request parameters are kept in memory (default 1,000); each
-    /// client's configured token is always kept.
+    /// How many tokens with per-request parameters or per subject are kept in memory, and how
+    /// many users' tokens per user client (default 1,000); each client's configured token is
+    /// always kept. When full, slots holding nothing usable that no request holds go first,
+    /// then the least recently used.
     pub fn max_cached_tokens(mut self, max: usize) -> Self {
         self.max_cached_tokens = max;
         self
@@ -1331,7 +1336,12 @@ impl TokenManager {
                 .acquire(&client, renewal.slot(), false, Reason::Due)
                 .await;
             if let Err(error) = renewed {
-                tracing::warn!(client = %client.name, %error, "background token renewal failed; the current token stays in use");
+                if error.is_subject_token_rejected() {
+                    // The caller's token, not this service, is at fault; said at INFO already.
+                    tracing::debug!(client = %client.name, %error, "background token renewal refused; the current token stays in use");
+                } else {
+                    tracing::warn!(client = %client.name, %error, "background token renewal failed; the current token stays in use");
+                }
                 renewal.retry_after(this.now(), RENEWAL_RETRY_AFTER);
             }
         });
