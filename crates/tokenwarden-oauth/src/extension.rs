@@ -4,7 +4,7 @@ use std::fmt;
 
 use tokenwarden_core::{CacheKeyBuilder, TokenParams};
 
-use crate::target::{ParamsInKey, Target};
+use crate::target::{ParamsInKey, Target, check_param_name};
 use crate::{ClientConfig, Error, Form, Grant};
 
 /// A grant a server defines itself (RFC 6749 §4.5): a `grant_type` of its choosing and the form
@@ -140,11 +140,9 @@ impl Grant for ExtensionGrant {
                         "parameter {name:?} is both the subject token and a fixed parameter"
                     )));
                 }
-                self.target.validate(&[name.as_str()])?;
                 // The subject's parameter may not be one the library sets either.
-                let mut probe = crate::target::Target::default();
-                probe.set_param(name, "");
-                probe.validate(&[])
+                check_param_name(name, &[])?;
+                self.target.validate(&[name.as_str()])
             }
             None => self.target.validate(&[]),
         }

@@ -187,7 +187,7 @@ pub(crate) fn check_resource(resource: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_param_name(name: &str, reserved: &[&str]) -> Result<(), Error> {
+pub(crate) fn check_param_name(name: &str, reserved: &[&str]) -> Result<(), Error> {
     if name.is_empty() {
         return Err(Error::config("an extra parameter has an empty name"));
     }

@@ -245,16 +245,11 @@ impl TokenCache for RedisTokenCache {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Lease, Error>> {
         Box::pin(async move {
-            let acquired = self
-                .inner
+            self.inner
                 .redis
                 .try_lease(key, ttl)
                 .await
-                .map_err(CallError::into_cache_error)?;
-            Ok(match acquired {
-                Some(owner) => Lease::Acquired(owner),
-                None => Lease::HeldElsewhere,
-            })
+                .map_err(CallError::into_cache_error)
         })
     }
 
@@ -264,12 +259,9 @@ impl TokenCache for RedisTokenCache {
         lease: &'a Lease,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let Lease::Acquired(owner) = lease else {
-                return Ok(());
-            };
             self.inner
                 .redis
-                .release_lease(key, owner)
+                .release_lease(key, lease)
                 .await
                 .map_err(CallError::into_cache_error)
         })

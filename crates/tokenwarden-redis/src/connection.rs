@@ -12,7 +12,7 @@ use chacha20poly1305::aead::OsRng;
 use chacha20poly1305::aead::rand_core::RngCore;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, RedisResult, Script};
-use tokenwarden_core::{CacheKey, Error};
+use tokenwarden_core::{CacheKey, Error, Lease};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
@@ -232,7 +232,8 @@ impl Connection {
     }
 
     /// Asks for the refresh lease of `key` (`SET <lease key> <random owner> NX PX <ttl>`):
-    /// `Some(owner)` if this caller got it, `None` if someone else holds it.
+    /// [`Lease::Acquired`] if this caller got it, [`Lease::HeldElsewhere`] if someone else
+    /// holds it.
     ///
     /// A request that gets no answer leaves a task behind that releases the lease it may have
     /// created once Redis answers again; see [`UnansweredLease`].
@@ -240,7 +241,7 @@ impl Connection {
         self: &Arc<Self>,
         key: &CacheKey,
         ttl: Duration,
-    ) -> Result<Option<Arc<str>>, CallError> {
+    ) -> Result<Lease, CallError> {
         let lease_key = self.lease_key(key);
         let owner = new_owner_id();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -265,12 +266,24 @@ impl Connection {
                 }
             })
             .await?;
-        Ok(set.map(|_| owner.into()))
+        Ok(match set {
+            Some(_) => Lease::Acquired(owner.into()),
+            None => Lease::HeldElsewhere,
+        })
     }
 
-    /// Gives back the lease of `key` if `owner` still holds it (compare-and-delete), so a lease
-    /// that expired and went to another replica is left alone.
-    pub(crate) async fn release_lease(&self, key: &CacheKey, owner: &str) -> Result<(), CallError> {
+    /// Gives back `lease` of `key` if its owner still holds it (compare-and-delete), so a lease
+    /// that expired and went to another replica is left alone; a lease not acquired is nothing
+    /// to give back.
+    pub(crate) async fn release_lease(
+        &self,
+        key: &CacheKey,
+        lease: &Lease,
+    ) -> Result<(), CallError> {
+        let Lease::Acquired(owner) = lease else {
+            return Ok(());
+        };
+        let owner: &str = owner;
         let lease_key = self.lease_key(key);
         let script = &self.release_script;
         self.call("release_lease", |mut con| async move {
