@@ -100,16 +100,15 @@ pub(crate) struct Watch<S, B> {
     /// The token was fetched because its predecessor was rejected: an answer other than 401
     /// clears that (see [`Slot::accept`]).
     pub(crate) on_probation: bool,
-    /// The request to replay, if the replay policy kept it (boxed: the future of every request
-    /// is moved a few times, and most requests keep nothing).
-    pub(crate) copy: Option<Box<RequestCopy<B>>>,
+    /// The request to replay, if the replay policy kept it.
+    pub(crate) copy: Option<RequestCopy<B>>,
 }
 
 /// A request done with (answered, or its future dropped) gives its copy's buffers back.
 impl<S, B> Drop for Watch<S, B> {
     fn drop(&mut self) {
         if let Some(copy) = self.copy.take() {
-            self.shared.give_back((*copy).into_buffers());
+            self.shared.give_back(copy.into_buffers());
         }
     }
 }
@@ -139,7 +138,7 @@ where
     renew: BoxFuture<Result<Option<Arc<Entry>>, Error>>,
     slot: Arc<Slot>,
     response: Option<S::Response>,
-    copy: Option<Box<RequestCopy<B>>>,
+    copy: Option<RequestCopy<B>>,
     shared: Arc<Shared<S>>,
     /// The service and request of the replay, once the new token is there.
     replay: Option<(S, Request<B>)>,
@@ -291,11 +290,7 @@ where
             return Poll::Ready(Err(polled_after_completion()));
         };
         let copy = match std::mem::replace(&mut self.kept, Kept::Nothing) {
-            Kept::Body(body) => Some(Box::new(RequestCopy::of(
-                &request,
-                body,
-                self.shared.take_buffers(),
-            ))),
+            Kept::Body(body) => Some(RequestCopy::of(&request, body, self.shared.take_buffers())),
             Kept::Nothing | Kept::Buffering(_) => None,
         };
         let Token::Ready { slot, token } = std::mem::replace(&mut self.token, Token::Taken) else {

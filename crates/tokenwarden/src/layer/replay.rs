@@ -123,7 +123,7 @@ pub(crate) struct RequestCopy<B> {
     version: Version,
     extensions: Extensions,
     body: B,
-    buffers: CopyBuffers,
+    buffers: Box<CopyBuffers>,
 }
 
 /// The text of a request copy: the URI, then each header's name and value, one after the
@@ -154,12 +154,12 @@ impl CopyBuffers {
 
 impl<B> RequestCopy<B> {
     /// Copies `request`'s parts into `buffers` (emptied first).
-    pub(crate) fn of<T>(request: &Request<T>, body: B, mut buffers: CopyBuffers) -> Self {
+    pub(crate) fn of<T>(request: &Request<T>, body: B, mut buffers: Box<CopyBuffers>) -> Self {
         let CopyBuffers {
             text,
             uri_end,
             headers: spans,
-        } = &mut buffers;
+        } = &mut *buffers;
         text.clear();
         spans.clear();
         let uri = request.uri();
@@ -194,7 +194,7 @@ impl<B> RequestCopy<B> {
     }
 
     /// The buffers, for the next copy.
-    pub(crate) fn into_buffers(self) -> CopyBuffers {
+    pub(crate) fn into_buffers(self) -> Box<CopyBuffers> {
         self.buffers
     }
 
@@ -205,7 +205,7 @@ impl<B> RequestCopy<B> {
             text,
             uri_end,
             headers: spans,
-        } = &self.buffers;
+        } = &*self.buffers;
         let uri = Uri::try_from(&text[..*uri_end]).ok()?;
         let mut headers = HeaderMap::with_capacity(spans.len() + 1);
         let mut start = *uri_end;
@@ -260,7 +260,7 @@ mod tests {
                 .header("x-earlier", "value")
                 .body(())
                 .unwrap();
-            let used = RequestCopy::of(&earlier, (), CopyBuffers::default()).into_buffers();
+            let used = RequestCopy::of(&earlier, (), Box::default()).into_buffers();
             let copy = RequestCopy::of(&request, "body", used);
             let replay = copy
                 .into_request(HeaderValue::from_static("Bearer new"))

@@ -69,8 +69,9 @@ pub(crate) struct Shared<S> {
     pub(crate) config: Arc<Config>,
     replay_with: OnceLock<Mutex<S>>,
     /// Buffers of request copies whose responses are in, for the next copies to fill: a kept
-    /// request then allocates nothing (a few, for requests in flight at once).
-    spare: Mutex<Vec<CopyBuffers>>,
+    /// request then allocates nothing (a few, for requests in flight at once). Boxed, so a
+    /// copy moves with its future as a pointer.
+    spare: Mutex<Vec<Box<CopyBuffers>>>,
 }
 
 /// How many spare copy buffers a service clone keeps.
@@ -79,13 +80,13 @@ const SPARE_BUFFERS: usize = 4;
 impl<S> Shared<S> {
     /// Buffers for a copy: spare ones, or new ones.
     #[inline]
-    pub(crate) fn take_buffers(&self) -> CopyBuffers {
+    pub(crate) fn take_buffers(&self) -> Box<CopyBuffers> {
         lock(&self.spare).pop().unwrap_or_default()
     }
 
     /// Buffers a copy no longer needs.
     #[inline]
-    pub(crate) fn give_back(&self, buffers: CopyBuffers) {
+    pub(crate) fn give_back(&self, buffers: Box<CopyBuffers>) {
         if buffers.worth_keeping() {
             let mut spare = lock(&self.spare);
             if spare.len() < SPARE_BUFFERS {
@@ -255,7 +256,7 @@ where
             Kept::Body(body) => {
                 self.keep_replay_service();
                 let buffers = self.shared.take_buffers();
-                Some(Box::new(RequestCopy::of(&request, body, buffers)))
+                Some(RequestCopy::of(&request, body, buffers))
             }
             kept @ Kept::Buffering(_) => {
                 let token = Token::Ready { slot, token };
