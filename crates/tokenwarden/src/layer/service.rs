@@ -249,8 +249,7 @@ where
         let Some(token) = cached else {
             return self.call_slow(request, slot);
         };
-        // The copy is made before the token goes on the request: the token's bytes are shared
-        // by every request on every core, and a copy that cloned them would write their count.
+        // The copy is made before the token goes on the request: a replay carries a new token.
         let copy = match self.replay.keep(&mut request) {
             Kept::Nothing => None,
             Kept::Body(body) => {

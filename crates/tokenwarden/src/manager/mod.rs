@@ -829,8 +829,9 @@ impl TokenManager {
     }
 
     /// The hot path: the token of `slot`, read through the caller's `view` of it, if it may be
-    /// sent; without locks, allocation or writes to memory other threads read. A token due for renewal is still returned while one
-    /// renewal runs in the background.
+    /// sent; without locks or writes to memory other threads read, and without allocation
+    /// except the view's copy of a token it has not seen yet. A token due for renewal is still
+    /// returned while one renewal runs in the background.
     #[inline]
     pub(crate) fn cached(
         &self,
@@ -838,17 +839,18 @@ impl TokenManager {
         slot: &Arc<Slot>,
         view: &mut TokenView,
     ) -> Option<Sendable> {
-        let entry = view.load().as_ref()?;
+        let (entry, header) = view.load()?;
+        let sendable = Sendable {
+            header,
+            id: entry.id,
+            on_probation: entry.on_probation(),
+        };
         match entry.freshness_coarse(self.inner.time.coarse_nanos()) {
             Freshness::Fresh => {}
-            Freshness::Due => {
-                let entry = Sendable::of(entry);
-                self.renew_in_background(client, slot);
-                return Some(entry);
-            }
+            Freshness::Due => self.renew_in_background(client, slot),
             Freshness::Unusable => return None,
         }
-        Some(Sendable::of(entry))
+        Some(sendable)
     }
 
     /// [`cached`](Self::cached) for a slot read without a view of its own (a user's).

@@ -98,6 +98,15 @@ impl Entry {
         })
     }
 
+    /// The `Authorization` value in bytes of its own (see [`TokenView`]).
+    fn header_copy(&self) -> HeaderValue {
+        // The bytes are those of a valid value: the fallback (a clone) is never taken.
+        let mut copy =
+            HeaderValue::from_bytes(self.header.as_bytes()).unwrap_or_else(|_| self.header.clone());
+        copy.set_sensitive(true);
+        copy
+    }
+
     /// Fetched because its predecessor was rejected, and not accepted since: a response other
     /// than 401 to a request it went with should be reported ([`Slot::accept`]).
     #[inline]
@@ -199,7 +208,10 @@ impl Slot {
 
     /// A view of the current token for a reader that reads it often.
     pub(crate) fn view(self: &Arc<Self>) -> TokenView {
-        arc_swap::Cache::new(CurrentToken(self.clone()))
+        TokenView {
+            current: arc_swap::Cache::new(CurrentToken(self.clone())),
+            header: None,
+        }
     }
 
     pub(crate) fn current_full(&self) -> Option<Arc<Entry>> {
@@ -384,10 +396,34 @@ impl std::ops::Deref for CurrentToken {
     }
 }
 
-/// One reader's view of a slot's current token (arc-swap's `Cache`): it keeps a reference to
-/// the token it last read and reads the slot again only when the slot's pointer changed, so a
-/// reader with `&mut` access (a service's `call`) checks one pointer per request.
-pub(crate) type TokenView = arc_swap::Cache<CurrentToken, Option<Arc<Entry>>>;
+/// One reader's view of a slot's current token, for a reader with `&mut` access (a service
+/// clone's `call`):
+/// - arc-swap's `Cache` keeps a reference to the token it last read and reads the slot again
+///   only when the slot's pointer changed, so a request checks one pointer;
+/// - the view keeps its own copy of the token's `Authorization` value, so the reference count
+///   a request's clone of it writes is this reader's, not one that every core writes.
+pub(crate) struct TokenView {
+    current: arc_swap::Cache<CurrentToken, Option<Arc<Entry>>>,
+    /// The id of the entry the header was copied from, and the copy.
+    header: Option<(u64, HeaderValue)>,
+}
+
+impl TokenView {
+    /// The slot's current token, if any, and its `Authorization` value to send.
+    #[inline]
+    pub(crate) fn load(&mut self) -> Option<(&Entry, HeaderValue)> {
+        let entry = self.current.load().as_deref()?;
+        let header = match &self.header {
+            Some((id, header)) if *id == entry.id => header.clone(),
+            _ => {
+                let copy = entry.header_copy();
+                self.header = Some((entry.id, copy.clone()));
+                copy
+            }
+        };
+        Some((entry, header))
+    }
+}
 
 /// The claim of a slot's background renewal; see [`Slot::start_renewal`].
 pub(crate) struct RenewalGuard(Arc<Slot>);
@@ -431,6 +467,44 @@ mod tests {
     fn clock() -> (ManualClock, TimeSource) {
         let clock = ManualClock::starting_now();
         (clock.clone(), TimeSource::Custom(Arc::new(clock)))
+    }
+
+    #[tokio::test]
+    async fn a_view_sends_its_own_copy_of_the_current_token() {
+        let (_clock, time) = clock();
+        let slot = Arc::new(Slot::new(
+            CacheKey::builder("c").build(),
+            TokenParams::new(),
+        ));
+        let mut view = slot.view();
+        assert!(view.load().is_none());
+
+        let first = slot
+            .get_or_fetch(false, &time, |_| async {
+                Ok(entry(1, &time, Duration::from_secs(60)))
+            })
+            .await
+            .unwrap();
+        let (seen, header) = view.load().unwrap();
+        assert_eq!(seen.id, 1);
+        assert_eq!(header, "Bearer t1");
+        assert!(header.is_sensitive());
+        // Bytes of its own: cloning it writes no count that the slot's other readers share.
+        assert_ne!(header.as_bytes().as_ptr(), first.header.as_bytes().as_ptr());
+
+        // A new token replaces the copy; a cleared slot sends nothing.
+        slot.get_or_fetch(true, &time, |_| async {
+            Ok(entry(2, &time, Duration::from_secs(60)))
+        })
+        .await
+        .unwrap();
+        let (seen, header) = view.load().unwrap();
+        assert_eq!(
+            (seen.id, header),
+            (2, HeaderValue::from_static("Bearer t2"))
+        );
+        slot.clear();
+        assert!(view.load().is_none());
     }
 
     #[tokio::test]
