@@ -69,8 +69,9 @@ pub(crate) struct Shared<S> {
     pub(crate) config: Arc<Config>,
     replay_with: OnceLock<Mutex<S>>,
     /// Buffers of request copies whose responses are in, for the next copies to fill: a kept
-    /// request then allocates nothing (a few, for requests in flight at once). Boxed, so a
-    /// copy moves with its future as a pointer.
+    /// request then allocates nothing (a few, for requests in flight at once). The boxes are
+    /// what is reused: each moves into a response future as a pointer.
+    #[allow(clippy::vec_box)]
     spare: Mutex<Vec<Box<CopyBuffers>>>,
 }
 
