@@ -15,6 +15,7 @@
 //! Both JSON envelopes are versioned (`"v":1`); a reader that does not know the version treats the
 //! value as absent. Times are milliseconds since the Unix epoch, rounded down.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -31,13 +32,8 @@ pub(crate) const SEPARATOR: u8 = b'|';
 #[derive(Serialize, Deserialize)]
 struct EnvelopeV1<'a> {
     v: u32,
-    access_token: std::borrow::Cow<'a, str>,
-    token_type: std::borrow::Cow<'a, str>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    scope: Option<std::borrow::Cow<'a, str>>,
-    /// The token's own expiry (`AccessToken::expires_at`), when the server gave one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    token_expires_at_ms: Option<u64>,
+    #[serde(flatten)]
+    access: AccessFields<'a>,
     expires_at_ms: u64,
     renew_at_ms: u64,
 }
@@ -47,20 +43,54 @@ struct EnvelopeV1<'a> {
 #[derive(Serialize, Deserialize)]
 struct UserEnvelopeV1<'a> {
     v: u32,
-    access_token: std::borrow::Cow<'a, str>,
-    token_type: std::borrow::Cow<'a, str>,
+    #[serde(flatten)]
+    access: AccessFields<'a>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    scope: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    token_expires_at_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    refresh_token: Option<std::borrow::Cow<'a, str>>,
+    refresh_token: Option<Cow<'a, str>>,
     /// When the access token is due for a refresh; records written before it existed have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     renew_at_ms: Option<u64>,
 }
 
-/// Only the version, read first so a newer envelope is recognised as such, not as corrupt.
+/// The access token's own fields, the same in both envelopes.
+#[derive(Serialize, Deserialize)]
+struct AccessFields<'a> {
+    access_token: Cow<'a, str>,
+    token_type: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<Cow<'a, str>>,
+    /// The token's own expiry (`AccessToken::expires_at`), when the server gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_expires_at_ms: Option<u64>,
+}
+
+impl<'a> AccessFields<'a> {
+    fn of(access: &'a AccessToken) -> Self {
+        AccessFields {
+            access_token: access.expose_secret().into(),
+            token_type: access.token_type().as_str().into(),
+            scope: access.scope().map(Into::into),
+            token_expires_at_ms: access.expires_at().map(to_millis),
+        }
+    }
+
+    fn into_token(self) -> Result<AccessToken, DecodeError> {
+        let mut token = AccessToken::new(
+            self.access_token.into_owned(),
+            TokenType::parse(&self.token_type),
+        )
+        .map_err(|_| DecodeError::InvalidToken)?;
+        if let Some(scope) = self.scope {
+            token = token.with_scope(scope.as_ref());
+        }
+        if let Some(ms) = self.token_expires_at_ms {
+            token = token.with_expires_at(from_millis(ms));
+        }
+        Ok(token)
+    }
+}
+
+/// Only the version (see [`check_version`]).
 #[derive(Deserialize)]
 struct VersionOnly {
     v: u32,
@@ -119,13 +149,9 @@ pub(crate) fn join(fingerprint: &str, payload: &[u8]) -> Vec<u8> {
 
 /// The JSON envelope of `token`.
 pub(crate) fn encode(token: &CachedToken) -> Result<Vec<u8>, serde_json::Error> {
-    let access = token.token();
     serde_json::to_vec(&EnvelopeV1 {
         v: VERSION,
-        access_token: access.expose_secret().into(),
-        token_type: access.token_type().as_str().into(),
-        scope: access.scope().map(Into::into),
-        token_expires_at_ms: access.expires_at().map(to_millis),
+        access: AccessFields::of(token.token()),
         expires_at_ms: to_millis(token.expires_at()),
         renew_at_ms: to_millis(token.renew_at()),
     })
@@ -133,25 +159,11 @@ pub(crate) fn encode(token: &CachedToken) -> Result<Vec<u8>, serde_json::Error> 
 
 /// Reads a JSON envelope.
 pub(crate) fn decode(json: &[u8]) -> Result<CachedToken, DecodeError> {
-    let VersionOnly { v } = serde_json::from_slice(json).map_err(|_| DecodeError::Corrupt)?;
-    if v != VERSION {
-        return Err(DecodeError::UnknownVersion(v));
-    }
+    check_version(json)?;
     let envelope: EnvelopeV1<'_> =
         serde_json::from_slice(json).map_err(|_| DecodeError::Corrupt)?;
-    let mut token = AccessToken::new(
-        envelope.access_token.into_owned(),
-        TokenType::parse(&envelope.token_type),
-    )
-    .map_err(|_| DecodeError::InvalidToken)?;
-    if let Some(scope) = envelope.scope {
-        token = token.with_scope(scope.as_ref());
-    }
-    if let Some(ms) = envelope.token_expires_at_ms {
-        token = token.with_expires_at(from_millis(ms));
-    }
     Ok(CachedToken::new(
-        token,
+        envelope.access.into_token()?,
         from_millis(envelope.expires_at_ms),
         from_millis(envelope.renew_at_ms),
     ))
@@ -159,13 +171,9 @@ pub(crate) fn decode(json: &[u8]) -> Result<CachedToken, DecodeError> {
 
 /// The JSON envelope of a user's tokens.
 pub(crate) fn encode_user(tokens: &UserTokens) -> Result<Vec<u8>, serde_json::Error> {
-    let access = tokens.access_token();
     serde_json::to_vec(&UserEnvelopeV1 {
         v: VERSION,
-        access_token: access.expose_secret().into(),
-        token_type: access.token_type().as_str().into(),
-        scope: access.scope().map(Into::into),
-        token_expires_at_ms: access.expires_at().map(to_millis),
+        access: AccessFields::of(tokens.access_token()),
         refresh_token: tokens.refresh_token().map(|r| r.expose_secret().into()),
         renew_at_ms: tokens.renew_at().map(to_millis),
     })
@@ -173,29 +181,24 @@ pub(crate) fn encode_user(tokens: &UserTokens) -> Result<Vec<u8>, serde_json::Er
 
 /// Reads a user envelope.
 pub(crate) fn decode_user(json: &[u8]) -> Result<UserTokens, DecodeError> {
-    let VersionOnly { v } = serde_json::from_slice(json).map_err(|_| DecodeError::Corrupt)?;
-    if v != VERSION {
-        return Err(DecodeError::UnknownVersion(v));
-    }
+    check_version(json)?;
     let envelope: UserEnvelopeV1<'_> =
         serde_json::from_slice(json).map_err(|_| DecodeError::Corrupt)?;
-    let mut token = AccessToken::new(
-        envelope.access_token.into_owned(),
-        TokenType::parse(&envelope.token_type),
-    )
-    .map_err(|_| DecodeError::InvalidToken)?;
-    if let Some(scope) = envelope.scope {
-        token = token.with_scope(scope.as_ref());
-    }
-    if let Some(ms) = envelope.token_expires_at_ms {
-        token = token.with_expires_at(from_millis(ms));
-    }
     let refresh_token = envelope.refresh_token.map(|r| Secret::new(r.into_owned()));
-    let tokens = UserTokens::new(token, refresh_token);
+    let tokens = UserTokens::new(envelope.access.into_token()?, refresh_token);
     Ok(match envelope.renew_at_ms {
         Some(ms) => tokens.with_renew_at(from_millis(ms)),
         None => tokens,
     })
+}
+
+/// Reads the version first, so a newer envelope is recognised as such, not as corrupt.
+fn check_version(json: &[u8]) -> Result<(), DecodeError> {
+    let VersionOnly { v } = serde_json::from_slice(json).map_err(|_| DecodeError::Corrupt)?;
+    match v {
+        VERSION => Ok(()),
+        other => Err(DecodeError::UnknownVersion(other)),
+    }
 }
 
 fn to_millis(t: SystemTime) -> u64 {
